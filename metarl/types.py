@@ -57,3 +57,62 @@ class Task:
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
         return cls.from_dict(json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectoryBatch:
+    """A batch of episodes, time-major. ``T`` = steps, ``B`` = episodes (columns).
+
+    Column ``b`` holds one episode from step 0; after the episode ends the column is padding
+    (``mask == 0``, ``rewards == 0``). ``next_obs[t]`` is the true next observation of step ``t``
+    (the final observation at a termination or truncation, never a reset observation), so values
+    can be bootstrapped at truncation (STYLE.md habit 2).
+
+    Fields:
+        obs: ``[T, B, D]`` float, encoded observations (Discrete spaces one-hot).
+        actions: ``[T, B, A]`` float for Box actions, ``[T, B]`` long for Discrete.
+        log_probs: ``[T, B]`` log-probabilities of the actions under the behaviour policy.
+        rewards: ``[T, B]``.
+        terminated: ``[T, B]`` bool, true terminal state reached at step t.
+        truncated: ``[T, B]`` bool, time limit reached at step t.
+        mask: ``[T, B]`` float, 1 for real steps, 0 for padding.
+        next_obs: ``[T, B, D]``.
+        task_index: ``[B]`` long, index of each column's task in the list of tasks rolled out.
+    """
+
+    obs: Any
+    actions: Any
+    log_probs: Any
+    rewards: Any
+    terminated: Any
+    truncated: Any
+    mask: Any
+    next_obs: Any
+    task_index: Any
+
+    @property
+    def episode_end(self) -> Any:
+        """``[T, B]`` float: 1 where an episode ends (terminated or truncated) or on padding."""
+        return ((self.terminated | self.truncated).float() + (1.0 - self.mask)).clamp(max=1.0)
+
+    @property
+    def episode_returns(self) -> Any:
+        """``[B]`` undiscounted return of each column's episode."""
+        return (self.rewards * self.mask).sum(0)
+
+    @property
+    def lengths(self) -> Any:
+        """``[B]`` number of real steps of each episode."""
+        return self.mask.sum(0)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.mask.sum().item())
+
+    def to(self, device: Any) -> TrajectoryBatch:
+        return TrajectoryBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+    def select(self, columns: Any) -> TrajectoryBatch:
+        """The sub-batch of the given episode columns (index tensor or slice)."""
+        out = {f.name: getattr(self, f.name)[:, columns] for f in dataclasses.fields(self) if f.name != "task_index"}
+        return TrajectoryBatch(**out, task_index=self.task_index[columns])

@@ -1,0 +1,136 @@
+"""Policies as modules that can also be called with an explicit parameter dict.
+
+MAML-style learners adapt a policy by producing a *new* dict of parameter tensors
+(``torch.func.functional_call``); the module itself is never mutated (STYLE.md habit 3). Every
+policy here therefore exposes ``distribution(obs, params=None)``: with ``params=None`` it uses its
+own parameters, otherwise the given dict.
+
+- :class:`GaussianMLPPolicy`: mean from an MLP, state-independent learned log standard deviation,
+  as rllab's ``GaussianMLPPolicy`` used by MAML-RL (Finn et al. 2017).
+- :class:`CategoricalMLPPolicy`: logits from an MLP, for ``Discrete`` action spaces.
+
+Observations from ``Discrete`` observation spaces are one-hot encoded (:func:`flat_obs_dim`,
+:func:`encode_obs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def check_spaces(observation_space: gymnasium.Space, action_space: gymnasium.Space) -> None:
+    """Raise a clear error for spaces the MLP policies cannot handle."""
+    if isinstance(observation_space, gymnasium.spaces.Box):
+        if len(observation_space.shape) != 1:
+            raise ValueError(
+                f"observation space must be a flat Box (shape (d,)) or Discrete, got Box{observation_space.shape}; "
+                "wrap the env with gymnasium.wrappers.FlattenObservation"
+            )
+    elif not isinstance(observation_space, gymnasium.spaces.Discrete):
+        raise ValueError(
+            f"observation space must be Box or Discrete, got {type(observation_space).__name__}; "
+            "wrap the env with gymnasium.wrappers.FlattenObservation"
+        )
+    if isinstance(action_space, gymnasium.spaces.Box):
+        if len(action_space.shape) != 1:
+            raise ValueError(f"action space must be a flat Box (shape (d,)) or Discrete, got Box{action_space.shape}")
+    elif not isinstance(action_space, gymnasium.spaces.Discrete):
+        raise ValueError(f"action space must be Box or Discrete, got {type(action_space).__name__}")
+
+
+def flat_obs_dim(space: gymnasium.Space) -> int:
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return int(space.n)
+    return int(np.prod(space.shape))
+
+
+def encode_obs(obs: np.ndarray | torch.Tensor, space: gymnasium.Space, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Batch of raw observations ``[..., d]`` (or ``[...]`` ints for Discrete) -> float tensor ``[..., D]``."""
+    x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, torch.Tensor) else obs, device=device)
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return nn.functional.one_hot(x.long() - int(space.start), int(space.n)).to(dtype)
+    return x.to(dtype)
+
+
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class GaussianMLPPolicy(nn.Module):
+    """pi(a|s) = N(mu_theta(s), diag(exp(log_std))^2); log_std is a free parameter (not state dependent)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100), activation: str = "relu",
+                 init_std: float = 1.0) -> None:
+        super().__init__()
+        if init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.net = mlp([obs_dim, *hidden, act_dim], activation)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(obs), self.log_std.expand(*obs.shape[:-1], -1)
+
+    @staticmethod
+    def make_distribution(out: tuple[torch.Tensor, torch.Tensor]) -> Distribution:
+        mean, log_std = out
+        return Independent(Normal(mean, log_std.exp()), 1)
+
+    def distribution(self, obs: torch.Tensor, params: Params | None = None) -> Distribution:
+        return self.make_distribution(self(obs) if params is None else functional_call(self, params, (obs,)))
+
+
+class CategoricalMLPPolicy(nn.Module):
+    """pi(a|s) = softmax(f_theta(s))."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (100, 100),
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden, n_actions], activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+    @staticmethod
+    def make_distribution(out: torch.Tensor) -> Distribution:
+        return Categorical(logits=out)
+
+    def distribution(self, obs: torch.Tensor, params: Params | None = None) -> Distribution:
+        return self.make_distribution(self(obs) if params is None else functional_call(self, params, (obs,)))
+
+
+Policy = GaussianMLPPolicy | CategoricalMLPPolicy
+
+
+def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Space,
+                hidden: Sequence[int] = (100, 100), activation: str = "relu", init_std: float = 1.0) -> Policy:
+    """The MLP policy for these spaces: Gaussian for Box actions, categorical for Discrete actions."""
+    check_spaces(observation_space, action_space)
+    obs_dim = flat_obs_dim(observation_space)
+    if isinstance(action_space, gymnasium.spaces.Discrete):
+        return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden, activation)
+    return GaussianMLPPolicy(obs_dim, int(action_space.shape[0]), hidden, activation, init_std)
+
+
+def policy_params(policy: nn.Module) -> Params:
+    """The module's parameters as a fresh dict (the starting point of functional adaptation)."""
+    return dict(policy.named_parameters())

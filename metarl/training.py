@@ -1,0 +1,177 @@
+"""The training loop shared by every learner: progress bar, logging, evaluation cadence,
+atomic checkpoints, exact resume, clean Ctrl-C.
+
+Determinism: every iteration derives its randomness from ``(seed, iteration)`` alone (the task
+batch from ``numpy.random.default_rng([seed, iteration])``, torch's sampling from a seed set at the
+start of the iteration, env seeds from the learner's step counter). A run resumed from the
+checkpoint of iteration ``i`` therefore replays iterations ``i+1, ...`` exactly as an
+uninterrupted run would, on the same device.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from metarl.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from metarl.config import config_to_dict, option, require
+from metarl.logging import Logger
+from metarl.rollout import TaskEnvs
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = option(100, "number of meta-training iterations (outer updates)")
+    seed: int = option(0, "seed of tasks, env resets and torch sampling")
+    eval_every: int = option(10, "iterations between held-out adaptation checks (0: only at the end)")
+    eval_tasks: int = option(10, "held-out test tasks in each check")
+    eval_budget: int = option(1, "adaptation steps in each check")
+    checkpoint_every: int = option(10, "iterations between checkpoints (always one at the end)")
+    device: str = option("cpu", "torch device: cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
+        require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        require(self.eval_tasks >= 1, f"eval_tasks must be >= 1, got {self.eval_tasks}")
+        require(self.eval_budget >= 0, f"eval_budget must be >= 0, got {self.eval_budget}")
+        require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """Fail before any work if ``device`` cannot be used here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    return (seed * 1_000_003 + iteration * 7919 + 17) % (2**31)
+
+
+def held_out_tasks(envs: TaskEnvs, n: int, seed: int) -> list[Any]:
+    """The fixed test-split tasks the training loop checks adaptation on."""
+    return envs.sample_tasks(n, np.random.default_rng([seed, 2**20]), split="test")
+
+
+class _StopFlag:
+    """SIGINT sets a flag; the loop stops at the next iteration boundary with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop:  # a second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        self.stop = True
+
+
+def train(learner: Any, envs: TaskEnvs, run_dir: str | Path, config: TrainConfig, run_info: dict[str, Any],
+          resume: bool = False, progress: bool = True,
+          on_iteration: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Meta-train ``learner`` for ``config.iterations`` outer updates; return the last logged metrics.
+
+    ``run_info`` (algorithm name and config, env spec) is stored in every checkpoint and in the
+    run's ``config.json`` so ``metarl evaluate RUN`` and ``--resume`` can rebuild everything.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / CHECKPOINT
+    start = 0
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}; start the run without --resume")
+        state = load_checkpoint(ckpt_path)
+        learner.load_state_dict(state["learner"])
+        start = int(state["iteration"])
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{run} already holds a run (checkpoint.pt); pass --resume to continue it, "
+                              "or choose another --out")
+    logger = Logger(run, resume_step=start if resume else None)
+    if not resume:
+        logger.log_hparams({**run_info, "train": config_to_dict(config)})
+    eval_tasks = held_out_tasks(envs, config.eval_tasks, config.seed)
+    meta_batch = int(learner.config.meta_batch_size)
+    stop = _StopFlag()
+    previous_handler = signal.signal(signal.SIGINT, stop) if _main_thread() else None
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=config.iterations, initial=start, disable=not progress, desc="meta-train", unit="it",
+               file=sys.stderr, mininterval=2.0)
+    iteration = start
+    try:
+        for iteration in range(start, config.iterations):
+            seed = iteration_seed(config.seed, iteration)
+            torch.manual_seed(seed)
+            tasks = envs.sample_tasks(meta_batch, np.random.default_rng([config.seed, iteration]), split="train")
+            t0 = time.perf_counter()
+            metrics = dict(learner.meta_train_step(tasks))
+            dt = time.perf_counter() - t0
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(
+                    f"non-finite metric(s) {bad} at iteration {iteration + 1}; the last good checkpoint "
+                    f"({ckpt_path}) is kept. Lower the learning rate or step size and resume with --resume.")
+            metrics["time/iteration_s"] = dt
+            if "rollout/env_steps" in metrics:
+                metrics["time/steps_per_s"] = metrics["rollout/env_steps"] / max(dt, 1e-9)
+            last = iteration + 1 == config.iterations
+            if (config.eval_every and (iteration + 1) % config.eval_every == 0) or last:
+                torch.manual_seed(seed + 1)
+                curve = learner.adapt_many(eval_tasks, config.eval_budget, seed=seed + 2).stage_returns
+                metrics["meta/pre_adapt_return"] = float(curve[:, 0].mean())
+                metrics["meta/post_adapt_return"] = float(curve[:, -1].mean())
+                metrics["meta/adaptation_gain"] = float(curve[:, -1].mean() - curve[:, 0].mean())
+            for k, v in metrics.items():
+                logger.record(k, v)
+            logger.dump(iteration + 1)
+            if (iteration + 1) % config.checkpoint_every == 0 or last or stop.stop:
+                _save(ckpt_path, learner, iteration + 1, run_info, config)
+            bar.update(1)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
+                             if k in ("rollout/return_mean", "meta/post_adapt_return")})
+            if on_iteration is not None:
+                on_iteration(iteration + 1, metrics)
+            if stop.stop:
+                logger.close()
+                bar.close()
+                print(f"\ninterrupted after iteration {iteration + 1}; checkpoint saved. "
+                      f"Resume with the same command plus --resume (run folder: {run})", file=sys.stderr)
+                raise KeyboardInterrupt
+    finally:
+        bar.close()
+        logger.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    return metrics
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _save(path: Path, learner: Any, iteration: int, run_info: dict[str, Any], config: TrainConfig) -> None:
+    save_checkpoint(path, {"iteration": iteration, "learner": learner.state_dict(), "run_info": run_info,
+                           "train": config_to_dict(config), "rng": rng_state()})

@@ -1,0 +1,101 @@
+"""End-to-end smoke tests of the scripts, exact resume, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl.checkpoint import load_checkpoint
+from metarl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--iterations", "3", "--meta-batch-size", "3", "--episodes-per-task", "2", "--eval-every", "2",
+        "--eval-tasks", "2", "--checkpoint-every", "1", "--adapt-episodes", "2", "--hidden", "16", "16",
+        "--no-progress"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_then_evaluate_through_scripts(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "pretrained", "--env", "metarl/Navigation2D-v0",
+           "--out", str(run), *TINY]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (run / "checkpoint.pt").exists() and (run / "progress.csv").exists()
+    rows = _rows(run / "progress.csv")
+    assert len(rows) == 3 and "meta/post_adapt_return" in rows[-1]
+    ev = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(run), "--tasks", "3",
+                         "--budget", "1", "--episodes", "2"], capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    assert "| pretrained |" in ev.stdout and "| random |" in ev.stdout
+    report = json.loads((run / "evaluation.json").read_text())
+    assert set(report["curves"]) >= {"pretrained", "random"}
+    assert len(report["curves"]["pretrained"]["mean"]) == 2
+    assert (run / "evaluation.png").stat().st_size > 1000
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", "pretrained", "--out", str(full), *TINY]) == 0
+    short = list(TINY)
+    short[short.index("--iterations") + 1] = "2"
+    assert main(["train", "pretrained", "--out", str(part), *short]) == 0
+    assert main(["train", "pretrained", "--out", str(part), "--resume", "--iterations", "3", "--no-progress"]) == 0
+    a = load_checkpoint(full / "checkpoint.pt")["learner"]["policy"]
+    b = load_checkpoint(part / "checkpoint.pt")["learner"]["policy"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    ra, rb = _rows(full / "progress.csv"), _rows(part / "progress.csv")
+    assert len(ra) == len(rb) == 3
+    for x, y in zip(ra, rb, strict=True):
+        for k in x:
+            if not k.startswith("time/"):
+                assert x[k] == y[k], k
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "pretrianed", "--out", "X"], "did you mean 'pretrained'"),
+        (["train", "pretrained", "--out", "X", "--env", "metarl/Navigation2d-v0"], "did you mean"),
+        (["train", "pretrained", "--out", "X", "--meta-batch-size", "0"], "meta_batch_size must be >= 1, got 0"),
+        (["train", "pretrained", "--out", "X", "--adapt-lr", "-1"], "adapt_lr must be > 0"),
+        (["train", "pretrained", "--out", "X", "--device", "cuda:7"], "cuda"),
+        (["train", "pretrained", "--out", "X", "--device", "tpu"], "device must be"),
+        (["evaluate", "does/not/exist"], "no checkpoint"),
+        (["trian"], "did you mean 'train'"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(argv: list[str], message: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "X" / "checkpoint.pt").exists()
+
+
+def test_unknown_preset_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"adapt_lrr": 0.1}))
+    assert main(["train", "pretrained", "--out", str(tmp_path / "r"), "--config", str(preset)]) == 2
+    assert "did you mean 'adapt_lr'" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "r"
+    assert main(["train", "random", "--out", str(run), "--iterations", "1", "--no-progress",
+                 "--eval-tasks", "2", "--adapt-episodes", "1", "--meta-batch-size", "2"]) == 0
+    assert main(["train", "random", "--out", str(run), "--iterations", "1", "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
