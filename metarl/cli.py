@@ -20,8 +20,14 @@ from typing import Any
 
 import torch
 
-from metarl.config import (add_config_arguments, config_from_dict, config_to_dict, load_preset,
-                           overrides_from_args, suggest)
+from metarl.config import (
+    add_config_arguments,
+    config_from_dict,
+    config_to_dict,
+    load_preset,
+    overrides_from_args,
+    suggest,
+)
 from metarl.training import CHECKPOINT, TrainConfig, check_device, train
 
 
@@ -167,6 +173,7 @@ def evaluate_run(run: str | Path, n_tasks: int, budget: int, episodes: int, spli
         if b not in known:
             raise ValueError(f"unknown baseline {b!r}{suggest(b, known)}; choose from {sorted(known)}")
     check_device(device)
+    torch.set_num_threads(1)  # small networks: see TrainConfig.threads
     learner, envs, info = load_run(run, device)
     learners: dict[str, Any] = {info["algo"]: learner}
     if "random" in baselines and info["algo"] != "random":
@@ -194,7 +201,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="metarl demo",
                                      description="Train on Navigation2D, then evaluate adaptation on held-out goals.")
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--iterations", type=int, default=80)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -68,7 +68,8 @@ def config_from_dict(cls: type[C], data: dict[str, Any], base: C | None = None) 
     unknown = [k for k in data if k not in names]
     if unknown:
         k = unknown[0]
-        raise ValueError(f"unknown option {k!r} for {cls.__name__}{suggest(k, names)}; valid options: {', '.join(names)}")
+        raise ValueError(
+            f"unknown option {k!r} for {cls.__name__}{suggest(k, names)}; valid options: {', '.join(names)}")
     values = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
     if base is not None:
         return dataclasses.replace(base, **values)  # type: ignore[type-var]

@@ -64,7 +64,7 @@ def evaluate_adaptation(learners: Mapping[str, AdaptsMany], tasks: Sequence[Task
 def format_table(curves: Mapping[str, Curve], stage_label: str = "steps") -> str:
     """A markdown table: one row per learner, one column per stage, ``mean ± ci95``."""
     n_stages = max(c.per_task.shape[1] for c in curves.values())
-    header = f"| learner | " + " | ".join(f"{k} {stage_label}" for k in range(n_stages)) + " |"
+    header = "| learner | " + " | ".join(f"{k} {stage_label}" for k in range(n_stages)) + " |"
     lines = [header, "|" + " --- |" * (n_stages + 1)]
     for name, c in curves.items():
         cells = [f"{s['mean']:.2f} ± {s['ci95']:.2f}" for s in c.stats]
@@ -77,6 +77,7 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str, stage
                 references: Mapping[str, Sequence[float]] | None = None) -> Path:
     """Mean with a 95% CI band per learner; optional reference curves (e.g. a paper's) dashed."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -91,6 +92,7 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str, stage
         ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
     for name, values in (references or {}).items():
         ax.plot(np.arange(len(values)), values, linestyle="--", marker="x", label=name)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel(stage_label)
     ax.set_ylabel("mean return (95% CI over tasks)")
     ax.set_title(title)

@@ -38,20 +38,15 @@ def task_advantages(batch: TrajectoryBatch, n_tasks: int, gamma: float, gae_lamb
     """
     end = batch.episode_end
     returns = discounted_returns(batch.rewards, end, gamma)
-    values = torch.zeros_like(batch.rewards)
-    next_values = torch.zeros_like(batch.rewards)
-    e = batch.rewards.shape[1] // n_tasks
-    for n in range(n_tasks):
-        cols = slice(n * e, (n + 1) * e)
-        obs, mask = batch.obs[:, cols], batch.mask[:, cols]
-        w = fit_linear_baseline(obs, returns[:, cols], mask)
-        v = predict_linear_baseline(w, obs, mask)
-        values[:, cols] = v
-        # V(s_{t+1}) is the next step's prediction; at an episode end the bootstrap is governed by
-        # `terminated` inside gae (a truncated end bootstraps from the baseline at the final obs).
-        nv = torch.cat([v[1:], torch.zeros_like(v[:1])], 0)
-        final = predict_linear_baseline(w, batch.next_obs[:, cols], mask)
-        next_values[:, cols] = torch.where(end[:, cols] > 0, final, nv)
+    t, b = batch.rewards.shape
+    obs, mask, end_n = by_task(batch.obs, n_tasks), by_task(batch.mask, n_tasks), by_task(end, n_tasks)
+    w = fit_linear_baseline(obs, by_task(returns, n_tasks), mask)          # [N, F], one fit per task
+    v = predict_linear_baseline(w, obs, mask)                                 # [N, T, E]
+    # V(s_{t+1}): the next step's prediction inside an episode; at an episode end the baseline at the
+    # true final observation (time index t+1). gae() bootstraps from it only at truncations.
+    final = predict_linear_baseline(w, by_task(batch.next_obs, n_tasks), mask, time_offset=1)
+    nv = torch.where(end_n > 0, final, torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1))
+    values, next_values = (x.transpose(0, 1).reshape(t, b) for x in (v, nv))
     adv = gae(batch.rewards, values, next_values, batch.terminated.float(), end, gamma, gae_lambda)
     adv = adv * batch.mask
     if normalize_advantages:
