@@ -37,7 +37,7 @@ from metarl.types import Task
 class PretrainedConfig:
     hidden: tuple[int, ...] = option((100, 100), "hidden layer sizes of the MLP policy (MAML: 2x100 ReLU)")
     activation: str = option("relu", "hidden activation: relu or tanh")
-    init_std: float = option(1.0, "initial standard deviation of Gaussian actions")
+    init_std: float = option(1.0, "initial std of Gaussian actions, in normalised units (1 = half the action range)")
     meta_batch_size: int = option(20, "tasks per training iteration")
     episodes_per_task: int = option(20, "episodes sampled per task per iteration")
     gamma: float = option(0.99, "discount factor")

@@ -1,7 +1,8 @@
 """Uniform random policy: the floor of every adaptation curve.
 
-Actions are drawn uniformly from the action space (Gaussian N(0, 1) per dimension for an
-unbounded ``Box``). It learns nothing: ``meta_train_step`` only measures the return of the
+Actions are drawn uniformly from the action space (in the policies' normalised units ``[-1, 1]``
+for a bounded ``Box``, see :func:`metarl.policies.to_env_actions`; Gaussian N(0, 1) per dimension
+for an unbounded one). It learns nothing: ``meta_train_step`` only measures the return of the
 random policy on the training tasks, so it can run through the same scripts as every learner.
 """
 
@@ -44,13 +45,12 @@ class UniformPolicy(torch.nn.Module):
         space, batch = self.action_space, obs.shape[:-1]
         if isinstance(space, gymnasium.spaces.Discrete):
             return torch.distributions.Categorical(logits=torch.zeros(*batch, int(space.n), device=obs.device))
-        low = torch.as_tensor(space.low, dtype=torch.float32, device=obs.device)
-        high = torch.as_tensor(space.high, dtype=torch.float32, device=obs.device)
-        if bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
-            base: torch.distributions.Distribution = torch.distributions.Uniform(low.expand(*batch, -1),
-                                                                                 high.expand(*batch, -1))
+        dim = int(space.shape[0])
+        if space.is_bounded("both"):
+            base: torch.distributions.Distribution = torch.distributions.Uniform(
+                torch.full((*batch, dim), -1.0, device=obs.device), torch.full((*batch, dim), 1.0, device=obs.device))
         else:
-            base = torch.distributions.Normal(torch.zeros(*batch, low.shape[0], device=obs.device), 1.0)
+            base = torch.distributions.Normal(torch.zeros(*batch, dim, device=obs.device), 1.0)
         return torch.distributions.Independent(base, 1)
 
 

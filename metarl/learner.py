@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metarl.policies import Params, encode_obs
+from metarl.policies import Params, encode_obs, to_env_actions
 from metarl.types import Task
 
 
@@ -66,9 +66,7 @@ class AdaptedPolicy:
                 a = dist.mode if not isinstance(self.action_space, gymnasium.spaces.Discrete) else dist.probs.argmax(-1)
             else:
                 a = dist.sample()
-        out = a.cpu().numpy()
-        if isinstance(self.action_space, gymnasium.spaces.Discrete):
-            out = out.astype(np.int64) + int(self.action_space.start)
+        out = to_env_actions(a, self.action_space)
         return out[0] if single else out
 
 

@@ -65,6 +65,25 @@ def encode_obs(obs: np.ndarray | torch.Tensor, space: gymnasium.Space, device: t
     return x.to(dtype)
 
 
+def to_env_actions(actions: torch.Tensor | np.ndarray, space: gymnasium.Space) -> np.ndarray:
+    """Policy outputs -> actions the env accepts.
+
+    Discrete: integer indices offset by ``space.start``. Bounded Box: policies act in normalised
+    units, ``[-1, 1]`` mapped linearly onto ``[low, high]`` and clipped, like rllab's ``normalize``
+    wrapper that the MAML-RL reference code runs every env through (so an initial standard deviation
+    of 1 means "the whole action range", whatever the env's units). Unbounded Box: unchanged.
+    """
+    a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return a.astype(np.int64) + int(space.start)
+    assert isinstance(space, gymnasium.spaces.Box)
+    dtype = space.dtype if space.dtype is not None else np.float32
+    if space.is_bounded("both"):
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        a = np.clip(low + (a + 1.0) * 0.5 * (high - low), low, high)
+    return a.astype(dtype)
+
+
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")

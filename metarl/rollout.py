@@ -16,7 +16,7 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarl.policies import encode_obs
+from metarl.policies import encode_obs, to_env_actions
 from metarl.types import Task, TrajectoryBatch
 
 # act_fn(obs [B, D]) -> (actions [B, ...], log_probs [B]) on the policy's device.
@@ -46,13 +46,6 @@ def repeat_tasks(tasks: Sequence[Task], episodes_per_task: int) -> list[Task]:
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     return [t for t in tasks for _ in range(episodes_per_task)]
-
-
-def _to_env_actions(actions: torch.Tensor, space: gymnasium.Space) -> np.ndarray:
-    a = actions.detach().cpu().numpy()
-    if isinstance(space, gymnasium.spaces.Discrete):
-        return a.astype(np.int64) + int(space.start)
-    return a.astype(space.dtype if space.dtype is not None else np.float32)
 
 
 def collect_episodes(
@@ -86,7 +79,7 @@ def collect_episodes(
     for _ in range(horizon):
         with torch.no_grad():
             actions, log_probs = act_fn(obs)
-        raw_next, reward, terminated, truncated, _ = venv.step(_to_env_actions(actions, act_space))
+        raw_next, reward, terminated, truncated, _ = venv.step(to_env_actions(actions, act_space))
         next_obs = encode_obs(raw_next, obs_space, device)
         term = torch.as_tensor(terminated, device=device)
         trunc = torch.as_tensor(truncated, device=device)
