@@ -111,6 +111,13 @@ def cmd_train(argv: Sequence[str]) -> int:
         base = load_preset(algorithms[args.algo][0], args.config) if args.config else algorithms[args.algo][0]()
         algo_cfg_dict = config_to_dict(config_from_dict(algorithms[args.algo][0], algo_overrides, base=base))
     check_device(train_cfg.device)
+    if not args.resume:
+        # A user's task family is validated before any training starts (missing verbs, tasks that
+        # change nothing, non-determinism, bad spaces), with the fix in the error message.
+        from metarl.registry import make_env
+        from metarl.tasks import check_task_family
+
+        check_task_family(args.env if not env_kwargs else (lambda: make_env(args.env, **env_kwargs)))
     learner, envs = build_learner(args.algo, args.env, env_kwargs, algo_cfg_dict, train_cfg.seed, train_cfg.device)
     run_info = {"algo": args.algo, "algo_config": algo_cfg_dict, "env": args.env, "env_kwargs": env_kwargs}
     t0 = time.perf_counter()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from metarl.checkpoint import load_checkpoint
 
+from metarl.checkpoint import load_checkpoint
 from metarl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

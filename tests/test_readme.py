@@ -1,0 +1,25 @@
+"""The README's custom-task example is the tested example file, verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_custom_task_example_is_the_example_file() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples" / "custom_pendulum.py").read_text()
+    body = example.split('"""', 2)[2].lstrip("\n")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert body in blocks, "README's custom task example differs from examples/custom_pendulum.py"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```bash\n(.*?)```", readme, flags=re.S)
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
+    assert (ROOT / ".ci" / "run").read_text().count("scripts/test.sh") == 1
