@@ -23,3 +23,12 @@ def test_readme_starts_with_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
     assert commands == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
     assert (ROOT / ".ci" / "run").read_text().count("scripts/test.sh") == 1
+
+
+def test_readme_benchmark_block_is_generated_from_results() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,129 @@
+"""Markdown tables for the README, generated from the committed results files.
+
+    python benchmarks/report.py            # print the tables
+    python benchmarks/report.py --check    # exit 1 if README.md's generated section is stale
+
+The README's block between ``<!-- BENCHMARKS:BEGIN -->`` and ``<!-- BENCHMARKS:END -->`` is
+exactly this script's output (a test checks it), so every number there comes from a results file
+written by a script in ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- BENCHMARKS:BEGIN -->", "<!-- BENCHMARKS:END -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _machine(d: dict[str, Any]) -> str:
+    m = d["provenance"]["machine"]
+    wall = d["provenance"].get("wall_time_s")
+    wall_s = f", {wall:.0f} s" if isinstance(wall, (int, float)) else ""
+    return f"{m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}{wall_s}; commit {d['provenance']['commit'][:7]}"
+
+
+def _rate(x: float) -> str:
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k"
+
+
+def throughput_table() -> str:
+    d = _load("env_throughput")
+    if d is None:
+        return ""
+    lines = ["### Batched task envs vs `SyncVectorEnv` (steps/s, random actions, median of repeats)", "",
+             f"`python benchmarks/env_throughput.py` ({_machine(d)})", "",
+             "| env | envs | batched | SyncVectorEnv | ratio |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in d["rows"]:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['env_id']} | {r.get('num_envs', '')} | skipped: {r.get('status')} | | |")
+            continue
+        lines.append(f"| {r['env_id']} | {r['num_envs']} | {_rate(r['batched_steps_per_s']['median'])} | "
+                     f"{_rate(r['sync_steps_per_s']['median'])} | {r['ratio']:.0f}x |")
+    return "\n".join(lines)
+
+
+def bandit_table() -> str:
+    d = _load("bandit_baselines")
+    if d is None:
+        return ""
+    cols = [("random", "random"), ("gittins", "Gittins"), ("thompson", "Thompson"), ("ucb1", "UCB1"),
+            ("greedy", "greedy"), ("epsilon_greedy", "ε-greedy")]
+    lines = ["### Classical bandit strategies (total reward over n pulls, 1000 held-out bandits, mean ± 95% CI; "
+             "RL² paper's Table 1 in brackets)", "",
+             f"`python benchmarks/bandit_baselines.py` ({_machine(d)})", "",
+             "| n, k | " + " | ".join(c[1] for c in cols) + " | RL² (paper) |",
+             "| --- |" + " --- |" * (len(cols) + 1)]
+    for s in d["settings"]:
+        cells = []
+        for key, _ in cols:
+            r = s["results"][key]
+            paper = f" ({r['paper']})" if r.get("paper") is not None else ""
+            cells.append(f"{r['mean']:.1f} ± {r['ci95']:.1f}{paper}")
+        rl2 = s.get("paper_rl2")
+        lines.append(f"| {s['n_pulls']}, {s['n_arms']} | " + " | ".join(cells) + f" | {rl2 if rl2 is not None else ''} |")
+    return "\n".join(lines)
+
+
+def cartpole_table() -> str:
+    d = _load("cartpole_gap")
+    if d is None:
+        return ""
+    names = [("random", "random"), ("robust", "robust (one PPO policy, state only)"),
+             ("history1", "state + last transition"), ("oracle", "oracle (sees the parameters)")]
+    lines = ["### CartPoleDynamics: adaptation matters (return over H=200, 200 tasks, mean ± 95% CI)", "",
+             f"`python benchmarks/cartpole_gap.py` ({_machine(d)})", "",
+             "| policy (SB3 PPO) | test tasks | ood tasks |", "| --- | --- | --- |"]
+    for key, label in names:
+        t, o = d["results"]["test"][key], d["results"]["ood"][key]
+        lines.append(f"| {label} | {t['mean']:.1f} ± {t['ci95']:.1f} | {o['mean']:.1f} ± {o['ci95']:.1f} |")
+    return "\n".join(lines)
+
+
+def report() -> str:
+    parts = [p for p in (throughput_table(), bandit_table(), cartpole_table()) if p]
+    return "\n\n".join(parts) + "\n"
+
+
+def readme_section(text: str) -> str | None:
+    if BEGIN not in text or END not in text:
+        return None
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="fail if README.md's generated block is stale")
+    parser.add_argument("--write", action="store_true", help="rewrite README.md's generated block")
+    args = parser.parse_args()
+    out = report()
+    text = README.read_text()
+    if args.write:
+        if readme_section(text) is None:
+            print(f"README.md has no {BEGIN} ... {END} block", file=sys.stderr)
+            return 1
+        head, rest = text.split(BEGIN, 1)
+        README.write_text(head + BEGIN + "\n" + out + END + rest.split(END, 1)[1])
+        return 0
+    if args.check:
+        if readme_section(text) != out:
+            print("README.md's benchmark block is stale: run python benchmarks/report.py --write", file=sys.stderr)
+            return 1
+        return 0
+    print(out, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
