@@ -72,7 +72,8 @@ def bandit_table() -> str:
             paper = f" ({r['paper']})" if r.get("paper") is not None else ""
             cells.append(f"{r['mean']:.1f} ± {r['ci95']:.1f}{paper}")
         rl2 = s.get("paper_rl2")
-        lines.append(f"| {s['n_pulls']}, {s['n_arms']} | " + " | ".join(cells) + f" | {rl2 if rl2 is not None else ''} |")
+        rl2_cell = rl2 if rl2 is not None else ""
+        lines.append(f"| {s['n_pulls']}, {s['n_arms']} | " + " | ".join(cells) + f" | {rl2_cell} |")
     return "\n".join(lines)
 
 
