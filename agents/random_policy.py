@@ -45,6 +45,7 @@ class UniformPolicy(torch.nn.Module):
         space, batch = self.action_space, obs.shape[:-1]
         if isinstance(space, gymnasium.spaces.Discrete):
             return torch.distributions.Categorical(logits=torch.zeros(*batch, int(space.n), device=obs.device))
+        assert isinstance(space, gymnasium.spaces.Box)
         dim = int(space.shape[0])
         if space.is_bounded("both"):
             base: torch.distributions.Distribution = torch.distributions.Uniform(

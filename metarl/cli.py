@@ -52,7 +52,7 @@ def build_learner(algo: str, env_spec: str, env_kwargs: dict[str, Any], algo_con
     if algo not in algorithms:
         raise ValueError(f"unknown algorithm {algo!r}{suggest(algo, algorithms)}; choose one of {sorted(algorithms)}")
     config_cls, learner_cls = algorithms[algo]
-    config = config_from_dict(config_cls, algo_config)
+    config: Any = config_from_dict(config_cls, algo_config)
     envs = TaskEnvs(env_spec, env_kwargs)
     return learner_cls(envs, config, seed=seed, device=device), envs
 

@@ -53,7 +53,7 @@ def check_spaces(observation_space: gymnasium.Space, action_space: gymnasium.Spa
 def flat_obs_dim(space: gymnasium.Space) -> int:
     if isinstance(space, gymnasium.spaces.Discrete):
         return int(space.n)
-    return int(np.prod(space.shape))
+    return int(np.prod(space.shape or ()))
 
 
 def encode_obs(obs: np.ndarray | torch.Tensor, space: gymnasium.Space, device: torch.device | str = "cpu",
@@ -147,6 +147,7 @@ def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Spac
     obs_dim = flat_obs_dim(observation_space)
     if isinstance(action_space, gymnasium.spaces.Discrete):
         return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden, activation)
+    assert isinstance(action_space, gymnasium.spaces.Box)  # check_spaces allows only Box or Discrete
     return GaussianMLPPolicy(obs_dim, int(action_space.shape[0]), hidden, activation, init_std)
 
 
