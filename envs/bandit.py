@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,11 +57,11 @@ import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from metarl.rng import key_from_seed, uniform
+from metarl.rng import UniformBlocks, batch_seeds, rekey, reset_stream, uniform
 from metarl.tasks import sample_split
 from metarl.types import Task
 
-__all__ = ["BanditTask", "BanditEnv", "BanditVectorEnv", "bernoulli_reward", "UniformBlocks"]
+__all__ = ["BanditTask", "BanditEnv", "BanditVectorEnv", "bernoulli_reward"]
 
 DEFAULT_N_ARMS = 5
 DEFAULT_N_PULLS = 100
@@ -116,60 +116,6 @@ def bernoulli_reward(probs: FloatArray, u: FloatArray) -> FloatArray:
     The single env, the batched twin and :func:`metarl.bandits.play` all draw rewards with this function.
     """
     return (np.asarray(u) < np.asarray(probs)).astype(np.float64)
-
-
-class UniformBlocks:
-    """Counter-RNG uniforms for the coming steps of a batch of envs, drawn a block of steps at a time.
-
-    The draws are a pure function of (key, counter), so a block computed ahead gives exactly the numbers that
-    per-step ``uniform(keys, counters + j)`` calls would, at a fraction of their per-call overhead, which
-    dominates at small batches. Valid while every env's counter advances by exactly ``draws_per_step`` per
-    step; the owner calls :meth:`invalidate` whenever counters move otherwise (reset, autoreset steps).
-    Shared by the batched bandit and tabular-MDP envs.
-
-    Args:
-        draws_per_step: counters each env consumes per step.
-        max_elements: bound on the block size ``num_envs * steps * draws_per_step`` (at most 64 steps).
-        transform: an elementwise-per-step function applied to each whole block ``[N, steps, draws_per_step]``
-            (e.g. turning uniforms into normal noise), so that work is batched too; it must give every step the
-            same numbers as applying it to that step's ``[N, draws_per_step]`` uniforms alone.
-    """
-
-    def __init__(self, draws_per_step: int, max_elements: int = 8192,
-                 transform: Callable[[FloatArray], FloatArray] | None = None) -> None:
-        self.draws_per_step = draws_per_step
-        self.max_elements = max_elements
-        self.transform = transform
-        self._block: FloatArray | None = None
-        self._pos = 0
-
-    def invalidate(self) -> None:
-        self._block = None
-
-    @property
-    def exhausted(self) -> bool:
-        """True when :meth:`refill` must be called before the next :meth:`pop`."""
-        return self._block is None or self._pos >= self._block.shape[1]
-
-    def refill(self, keys: npt.NDArray[np.uint64], counters: npt.NDArray[np.uint64], steps_left: int) -> None:
-        """Draw the block for the current step's ``counters`` and the following steps.
-
-        ``steps_left``: steps until the next possible autoreset; the block never reaches past it (it would be
-        invalidated there anyway).
-        """
-        n, d = counters.shape[0], self.draws_per_step
-        steps = max(1, min(64, self.max_elements // (n * d), steps_left))
-        offsets = np.arange(steps * d, dtype=np.uint64)
-        block = uniform(keys[:, None], counters[:, None] + offsets).reshape(n, steps, d)
-        self._block = block if self.transform is None else self.transform(block)
-        self._pos = 0
-
-    def pop(self) -> FloatArray:
-        """``[N, draws_per_step]`` uniforms (transformed, if given) of the current step."""
-        assert self._block is not None, "call refill() first"
-        u = self._block[:, self._pos]
-        self._pos += 1
-        return u
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -247,10 +193,7 @@ class BanditEnv(gymnasium.Env[npt.NDArray[Any], np.int64]):
               options: dict[str, Any] | None = None) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
         """Start a trial; ``options={"task": t}`` sets the bandit first."""
         super().reset(seed=seed)
-        if seed is not None:
-            self._key, self._counter = key_from_seed(seed), 0
-        elif self._key is None:
-            self._key, self._counter = key_from_seed(int(self.np_random.integers(0, 2**62))), 0
+        self._key, self._counter = reset_stream(seed, self._key, self._counter, self.np_random)
         if options is not None and "task" in options:
             self.set_task(options["task"])
         self._t = 0
@@ -289,7 +232,7 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
     autoreset: the step after a trial ends resets that sub-env, ignores its action and returns the
     reset observation with reward 0 and both flags ``False``; no counter draw is spent on it). Sub-envs
     keep their bandit across autoresets. The counter uniforms of the coming pulls are drawn a block at a
-    time (:class:`UniformBlocks`): the same numbers, a fraction of the per-step overhead.
+    time (:class:`metarl.rng.UniformBlocks`): the same numbers, a fraction of the per-step overhead.
 
     Args:
         num_envs: number of sub-envs (>= 1).
@@ -324,7 +267,8 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
         self._any_reset = False
         self._draws = UniformBlocks(draws_per_step=1)
         self._started = False
-        self._keys: np.ndarray | None = None
+        self._keys = np.zeros(self.num_envs, dtype=np.uint64)
+        self._has_key = np.zeros(self.num_envs, dtype=np.bool_)
         self._counters = np.zeros(self.num_envs, dtype=np.uint64)
         self._obs = np.zeros((self.num_envs, 1), dtype=np.float32)
 
@@ -365,28 +309,13 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
 
         ``options={"tasks": [...]}`` sets the bandits first.
         """
-        if seed is None or isinstance(seed, (int, np.integer)):
-            super().reset(seed=None if seed is None else int(seed))
-            seeds: list[int | None] = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"a list of seeds must have one seed per sub-env (num_envs={self.num_envs}), "
-                                 f"got {len(seeds)}")
-        if self._keys is None:
-            self._keys = key_from_seed(self.np_random.integers(0, 2**62, size=self.num_envs))
-        if all(s is not None for s in seeds):
-            self._keys = key_from_seed(np.array(seeds, dtype=np.int64))
-            self._counters[:] = 0
-        else:
-            for i, s in enumerate(seeds):  # at reset only, never in step
-                if s is not None:
-                    self._keys[i] = key_from_seed(s)
-                    self._counters[i] = 0
+        seeds = batch_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0])
+        self._counters[rekey(seeds, self._keys, self._has_key, self.np_random)] = 0
         if options is not None and "tasks" in options:
             self.set_tasks(options["tasks"])
         self._t[:] = 0
-        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)  # a new array: the old one was returned
+        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_reset = False
         self._draws.invalidate()
         self._started = True
@@ -400,7 +329,6 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
         a = np.asarray(actions)
         if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
             raise ValueError(f"actions must be ints of shape ({self.num_envs},), got {a.dtype} of shape {a.shape}")
-        assert self._keys is not None
         resetting = self._autoreset
         # Sub-envs share n_pulls, so autoresets are rare steps (usually all sub-envs at once): a fast path
         # for the common step keeps the batched env well ahead of the per-env loop at small batches.
@@ -444,7 +372,7 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
             expected = np.where(live, p, 0.0)
         else:
             self._counters += np.uint64(1)
-        self._autoreset = truncated
+        self._autoreset = truncated.copy()  # a copy: the returned flags must never change afterwards
         self._any_reset = bool(truncated.any())
         info = {"expected_reward": expected, "best_prob": self._best.copy()}
         return self._obs.copy(), reward, terminated, truncated, info

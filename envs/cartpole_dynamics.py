@@ -403,10 +403,7 @@ class CartPoleDynamicsEnv(gymnasium.Env[np.ndarray, np.int64]):
                 raise ValueError(f"unknown reset option(s) {unknown}; the only option is 'task'")
             if options.get("task") is not None:
                 self.set_task(options["task"])
-        if seed is not None:
-            self._key, self._counter = counter_rng.key_from_seed(seed), 0
-        elif self._key is None:
-            self._key, self._counter = counter_rng.key_from_seed(int(self.np_random.integers(0, 2**62))), 0
+        self._key, self._counter = counter_rng.reset_stream(seed, self._key, self._counter, self.np_random)
         u = counter_rng.uniform(self._key, self._counter + _DRAWS)
         self._counter += 4
         s = INIT_LOW + (INIT_HIGH - INIT_LOW) * u
@@ -538,19 +535,8 @@ class CartPoleDynamicsVectorEnv(
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        n = self.num_envs
-        if seed is None or isinstance(seed, (int, np.integer)):
-            super().reset(seed=None if seed is None else int(seed))
-            seeded = np.full(n, seed is not None)
-            seeds = np.arange(n, dtype=np.int64) + (0 if seed is None else int(seed))
-        else:
-            listed = list(seed)  # type: ignore[arg-type]  # (an int was handled above)
-            if len(listed) != n:
-                raise ValueError(f"seed must be an int, None, or a list of {n} ints/None, "
-                                 f"got {len(listed)} seeds")
-            super().reset(seed=listed[0] if isinstance(listed[0], (int, np.integer)) else None)
-            seeded = np.array([s is not None for s in listed])
-            seeds = np.array([0 if s is None else int(s) for s in listed], dtype=np.int64)
+        seeds = counter_rng.batch_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0])
         if options:
             unknown = sorted(set(options) - {"tasks"})
             if unknown:
@@ -560,15 +546,11 @@ class CartPoleDynamicsVectorEnv(
             if options.get("tasks") is not None:
                 self.set_tasks(options["tasks"])
         # Unseeded sub-envs continue their stream (like the single env); a first unseeded reset draws a seed.
-        fresh = ~seeded & ~self._has_key
-        seeds[fresh] = self.np_random.integers(0, 2**62, size=int(fresh.sum()))
-        rekey = seeded | fresh
-        self._keys[rekey] = counter_rng.key_from_seed(seeds[rekey])
-        self._has_key[rekey] = True
-        self._buf_start[rekey] = 0
-        self._buf_len[rekey] = 0
-        self._ptr[rekey] = 0
-        self._state = self._initial_states(np.arange(n))
+        rekeyed = counter_rng.rekey(seeds, self._keys, self._has_key, self.np_random)
+        self._buf_start[rekeyed] = 0
+        self._buf_len[rekeyed] = 0
+        self._ptr[rekeyed] = 0
+        self._state = self._initial_states(np.arange(self.num_envs))
         self._steps[:] = 0
         self._prev_done[:] = False
         self._any_prev_done = False

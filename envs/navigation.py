@@ -63,7 +63,7 @@ import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from metarl.rng import key_from_seed
+from metarl.rng import batch_seeds, rekey, reset_stream
 from metarl.tasks import sample_split
 from metarl.types import Task
 
@@ -239,10 +239,7 @@ class Navigation2DEnv(gymnasium.Env[npt.NDArray[np.float32], npt.NDArray[np.floa
               options: dict[str, Any] | None = None) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
         """Start an episode at (0, 0); ``options={"task": t}`` sets the task first."""
         super().reset(seed=seed)
-        if seed is not None:
-            self._key, self._counter = key_from_seed(seed), 0
-        elif self._key is None:
-            self._key, self._counter = key_from_seed(int(self.np_random.integers(0, 2**62))), 0
+        self._key, self._counter = reset_stream(seed, self._key, self._counter, self.np_random)
         if options is not None and "task" in options:
             self.set_task(options["task"])
         self._pos = np.zeros(2, dtype=np.float64)
@@ -313,7 +310,8 @@ class Navigation2DVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], 
         self._t = np.zeros(self.num_envs, dtype=np.int64)
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._started = False
-        self._keys: np.ndarray | None = None
+        self._keys = np.zeros(self.num_envs, dtype=np.uint64)
+        self._has_key = np.zeros(self.num_envs, dtype=np.bool_)
         self._counters = np.zeros(self.num_envs, dtype=np.uint64)
 
     # --- meta verbs -------------------------------------------------------------------------------
@@ -346,25 +344,15 @@ class Navigation2DVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], 
 
         ``options={"tasks": [...]}`` sets the tasks first.
         """
-        if seed is None or isinstance(seed, (int, np.integer)):
-            super().reset(seed=None if seed is None else int(seed))
-            seeds: list[int | None] = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"a list of seeds must have one seed per sub-env (num_envs={self.num_envs}), "
-                                 f"got {len(seeds)}")
-        if self._keys is None:
-            self._keys = key_from_seed(self.np_random.integers(0, 2**62, size=self.num_envs))
-        for i, s in enumerate(seeds):  # at reset only, never in step
-            if s is not None:
-                self._keys[i] = key_from_seed(s)
-                self._counters[i] = 0
+        seeds = batch_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0])
+        self._counters[rekey(seeds, self._keys, self._has_key, self.np_random)] = 0
         if options is not None and "tasks" in options:
             self.set_tasks(options["tasks"])
         self._pos = np.zeros((self.num_envs, 2), dtype=np.float64)
         self._t[:] = 0
-        self._autoreset[:] = False
+        # A fresh mask, never an in-place write: arrays step returned must not change after the caller got them.
+        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._started = True
         return self._obs(), {}
 

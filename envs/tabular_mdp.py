@@ -61,8 +61,7 @@ import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from metarl.envs.bandit import UniformBlocks
-from metarl.rng import key_from_seed, uniform
+from metarl.rng import UniformBlocks, batch_seeds, rekey, reset_stream, uniform
 from metarl.tasks import sample_split
 from metarl.types import Task
 
@@ -311,10 +310,7 @@ class TabularMDPEnv(gymnasium.Env[npt.NDArray[Any], np.int64]):
               options: dict[str, Any] | None = None) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
         """Start an episode in state 0; ``options={"task": t}`` sets the MDP first."""
         super().reset(seed=seed)
-        if seed is not None:
-            self._key, self._counter = key_from_seed(seed), 0
-        elif self._key is None:
-            self._key, self._counter = key_from_seed(int(self.np_random.integers(0, 2**62))), 0
+        self._key, self._counter = reset_stream(seed, self._key, self._counter, self.np_random)
         if options is not None and "task" in options:
             self.set_task(options["task"])
         self._state = 0
@@ -355,7 +351,7 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
     autoreset: the step after an episode ends resets that sub-env to state 0, ignores its action, spends
     no counter draws and returns the reset observation with reward 0 and both flags ``False``).
     Sub-envs keep their task, and their counter, across autoresets. The draws of the coming steps (and their
-    Box-Muller transform) are computed a block at a time (:class:`~metarl.envs.bandit.UniformBlocks`): the
+    Box-Muller transform) are computed a block at a time (:class:`metarl.rng.UniformBlocks`): the
     same numbers, a fraction of the per-step overhead.
 
     Args:
@@ -395,7 +391,8 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
         self._any_reset = False
         self._draws = UniformBlocks(draws_per_step=DRAWS_PER_STEP, transform=step_noise)
         self._started = False
-        self._keys: np.ndarray | None = None
+        self._keys = np.zeros(self.num_envs, dtype=np.uint64)
+        self._has_key = np.zeros(self.num_envs, dtype=np.bool_)
         self._counters = np.zeros(self.num_envs, dtype=np.uint64)
 
     # --- meta verbs -------------------------------------------------------------------------------
@@ -436,29 +433,14 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
         A list of seeds (``None`` entries keep that sub-env's stream) works too;
         ``options={"tasks": [...]}`` sets the MDPs first.
         """
-        if seed is None or isinstance(seed, (int, np.integer)):
-            super().reset(seed=None if seed is None else int(seed))
-            seeds: list[int | None] = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"a list of seeds must have one seed per sub-env (num_envs={self.num_envs}), "
-                                 f"got {len(seeds)}")
-        if self._keys is None:
-            self._keys = key_from_seed(self.np_random.integers(0, 2**62, size=self.num_envs))
-        if all(s is not None for s in seeds):
-            self._keys = key_from_seed(np.array(seeds, dtype=np.int64))
-            self._counters[:] = 0
-        else:
-            for i, s in enumerate(seeds):  # at reset only, never in step
-                if s is not None:
-                    self._keys[i] = key_from_seed(s)
-                    self._counters[i] = 0
+        seeds = batch_seeds(seed, self.num_envs)
+        super().reset(seed=seeds[0])
+        self._counters[rekey(seeds, self._keys, self._has_key, self.np_random)] = 0
         if options is not None and "tasks" in options:
             self.set_tasks(options["tasks"])
         self._state = np.zeros(self.num_envs, dtype=np.int64)
         self._t[:] = 0
-        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)  # a new array: the old one was returned
+        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_reset = False
         self._draws.invalidate()
         self._started = True
@@ -472,7 +454,6 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
         a = np.asarray(actions)
         if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
             raise ValueError(f"actions must be ints of shape ({self.num_envs},), got {a.dtype} of shape {a.shape}")
-        assert self._keys is not None
         resetting = self._autoreset
         # Sub-envs share the horizon, so autoresets are rare steps (usually all sub-envs at once): a fast path
         # for the common step keeps the batched env well ahead of the per-env loop at small batches.
@@ -515,6 +496,6 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
         else:
             self._counters += np.uint64(DRAWS_PER_STEP)
         self._state = next_state
-        self._autoreset = truncated
+        self._autoreset = truncated.copy()  # a copy: the returned flags must never change afterwards
         self._any_reset = bool(truncated.any())
         return self._obs(), reward, terminated, truncated, {"state": next_state.copy()}
