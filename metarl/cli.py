@@ -32,13 +32,16 @@ from metarl.training import CHECKPOINT, TrainConfig, check_device, train
 
 
 def _algorithms() -> dict[str, tuple[type, type]]:
+    from metarl.agents.maml_rl import MamlRLAgent, MamlRLConfig
     from metarl.agents.pretrained import PretrainedAgent, PretrainedConfig
     from metarl.agents.random_policy import RandomAgent, RandomConfig
 
-    return {"pretrained": (PretrainedConfig, PretrainedAgent), "random": (RandomConfig, RandomAgent)}
+    return {"maml-rl": (MamlRLConfig, MamlRLAgent), "pretrained": (PretrainedConfig, PretrainedAgent),
+            "random": (RandomConfig, RandomAgent)}
 
 
 ALGORITHM_HELP = {
+    "maml-rl": "MAML (Finn et al. 2017): policy-gradient inner loop, TRPO (or PPO) outer loop",
     "pretrained": "one policy trained across tasks (PPO), fine-tuned per task by policy gradient (MAML paper baseline)",
     "random": "uniform random actions (the floor of every curve)",
 }
@@ -185,9 +188,12 @@ def evaluate_run(run: str | Path, n_tasks: int, budget: int, episodes: int, spli
     learners: dict[str, Any] = {info["algo"]: learner}
     if "random" in baselines and info["algo"] != "random":
         learners["random"], _ = build_learner("random", info["env"], info["env_kwargs"], {}, 0, device)
-    if "scratch" in baselines and info["algo"] == "pretrained":
-        learners["scratch (untrained + same fine-tuning)"], _ = build_learner(
-            "pretrained", info["env"], info["env_kwargs"], info["algo_config"], 10_000 + seed, device)
+    if "scratch" in baselines and info["algo"] in ("pretrained", "maml-rl"):
+        same = info["algo"] == "pretrained"
+        config = info["algo_config"] if same else {}
+        label = "scratch (untrained + same fine-tuning)" if same else "scratch (untrained + PG fine-tuning)"
+        learners[label], _ = build_learner(
+            "pretrained", info["env"], info["env_kwargs"], config, 10_000 + seed, device)
     tasks = envs.sample_tasks(n_tasks, np.random.default_rng(seed), split=split)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
