@@ -205,7 +205,7 @@ class Navigation2DEnv(gymnasium.Env[npt.NDArray[np.float32], npt.NDArray[np.floa
         self.oracle = _check_oracle(oracle)
         _check_render_mode(render_mode)
         self.render_mode = render_mode
-        self.observation_space, self.action_space = _spaces(self.horizon, self.oracle)
+        self.observation_space, self.action_space = _spaces(self.horizon, self.oracle)  # type: ignore[assignment]
         self._task = _check_task(_default_task() if task is None else task, self.oracle)
         self._goal = np.array(self._task.goal, dtype=np.float64)
         self._pos: FloatArray | None = None
