@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from metarl.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from metarl.config import config_to_dict, option, require
-from metarl.logging import Logger
+from metarl.logging import CONFIG_NAME, Logger
 from metarl.rollout import TaskEnvs
 
 CHECKPOINT = "checkpoint.pt"
@@ -103,17 +104,24 @@ def train(learner: Any, envs: TaskEnvs, run_dir: str | Path, config: TrainConfig
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / CHECKPOINT
     start = 0
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}; start the run without --resume")
+    if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         learner.load_state_dict(state["learner"])
         start = int(state["iteration"])
+    elif resume:
+        # Killed before its first checkpoint: the run's config.json exists, its progress is at most a
+        # few logged rows. The learner was just built from the same config and seed, so starting at
+        # iteration 0 (dropping those rows) replays exactly what an uninterrupted run does.
+        if not (run / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path} and no {CONFIG_NAME} in {run}; "
+                                    "start the run without --resume")
+        warnings.warn(f"{run} was interrupted before its first checkpoint; restarting it from iteration 0",
+                      stacklevel=2)
     elif ckpt_path.exists():
         raise FileExistsError(f"{run} already holds a run (checkpoint.pt); pass --resume to continue it, "
                               "or choose another --out")
     logger = Logger(run, resume_step=start if resume else None)
-    if not resume:
+    if start == 0:
         logger.log_hparams({**run_info, "train": config_to_dict(config)})
     eval_tasks = held_out_tasks(envs, config.eval_tasks, config.seed)
     meta_batch = int(learner.config.meta_batch_size)

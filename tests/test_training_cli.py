@@ -63,6 +63,26 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
                 assert x[k] == y[k], k
 
 
+def test_resume_before_the_first_checkpoint_restarts_from_zero(tmp_path: Path) -> None:
+    """A kill after the first logged row but before the first checkpoint leaves config.json and a CSV row."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", "pretrained", "--out", str(full), *TINY]) == 0
+    assert main(["train", "pretrained", "--out", str(part), *TINY]) == 0
+    (part / "checkpoint.pt").unlink()
+    with pytest.warns(UserWarning, match="before its first checkpoint"):
+        assert main(["train", "pretrained", "--out", str(part), "--resume", "--no-progress"]) == 0
+    a = load_checkpoint(full / "checkpoint.pt")["learner"]["policy"]
+    b = load_checkpoint(part / "checkpoint.pt")["learner"]["policy"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert len(_rows(part / "progress.csv")) == 3
+
+
+def test_resume_of_a_folder_that_never_ran_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "pretrained", "--out", str(tmp_path / "nothing"), "--resume", *TINY]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
