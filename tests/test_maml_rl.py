@@ -323,9 +323,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_cli_train_then_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     from metarl import cli
 
-    if "maml-rl" not in cli._algorithms():  # until metarl/cli.py registers it
-        registered = cli._algorithms()
-        monkeypatch.setattr(cli, "_algorithms", lambda: {**registered, "maml-rl": (MamlRLConfig, MamlRLAgent)})
     monkeypatch.chdir(ROOT)  # `--env module:Name` imports relative to the working directory
     run = tmp_path / "run"
     assert cli.main(["train", "maml-rl", "--env", env, "--out", str(run), "--iterations", "2", "--meta-batch-size",
