@@ -6,6 +6,15 @@ batch from ``numpy.random.default_rng([seed, iteration])``, torch's sampling fro
 start of the iteration, env seeds from the learner's step counter). A run resumed from the
 checkpoint of iteration ``i`` therefore replays iterations ``i+1, ...`` exactly as an
 uninterrupted run would, on the same device.
+
+Task sources. ``envs`` is anything with ``sample_tasks(n, rng, split)``: the RL task envs
+(:class:`~metarl.rollout.TaskEnvs`) or a few-shot episode source (:mod:`metarl.fewshot`), whose tasks
+are support/query episodes. The periodic held-out check adapts to the ``test`` split, or to the split a
+source names in ``held_out_split`` (few-shot data sets check on their ``val`` classes, so the test
+classes stay untouched until the final evaluation). It logs ``meta/pre_adapt_<m>``,
+``meta/post_adapt_<m>`` and ``meta/adaptation_gain`` (post minus pre), where ``m`` is ``return`` for RL
+learners (``AdaptationResult.stage_returns``) and the metric a supervised result names
+(``result.metric``, e.g. ``accuracy`` or ``mse``, with the curve in ``result.stage_values``).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +37,6 @@ from tqdm import tqdm
 from metarl.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from metarl.config import config_to_dict, option, require
 from metarl.logging import CONFIG_NAME, Logger
-from metarl.rollout import TaskEnvs
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -74,9 +82,25 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration * 7919 + 17) % (2**31)
 
 
-def held_out_tasks(envs: TaskEnvs, n: int, seed: int) -> list[Any]:
-    """The fixed test-split tasks the training loop checks adaptation on."""
-    return envs.sample_tasks(n, np.random.default_rng([seed, 2**20]), split="test")
+class TaskSource(Protocol):
+    """What the loop needs from a task distribution: :class:`~metarl.rollout.TaskEnvs` is one."""
+
+    def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Any]: ...
+
+
+def held_out_tasks(envs: TaskSource, n: int, seed: int) -> list[Any]:
+    """The fixed held-out tasks the training loop checks adaptation on (``test`` split, or the source's
+    ``held_out_split``)."""
+    split = getattr(envs, "held_out_split", "test")
+    return envs.sample_tasks(n, np.random.default_rng([seed, 2**20]), split=split)
+
+
+def adaptation_metrics(result: Any) -> dict[str, float]:
+    """The held-out check's metrics from an adaptation result: ``[n_tasks, budget + 1]`` stage values."""
+    metric = getattr(result, "metric", "return")
+    curve = np.asarray(result.stage_returns if metric == "return" else result.stage_values, dtype=np.float64)
+    pre, post = float(curve[:, 0].mean()), float(curve[:, -1].mean())
+    return {f"meta/pre_adapt_{metric}": pre, f"meta/post_adapt_{metric}": post, "meta/adaptation_gain": post - pre}
 
 
 class _StopFlag:
@@ -91,7 +115,7 @@ class _StopFlag:
         self.stop = True
 
 
-def train(learner: Any, envs: TaskEnvs, run_dir: str | Path, config: TrainConfig, run_info: dict[str, Any],
+def train(learner: Any, envs: TaskSource, run_dir: str | Path, config: TrainConfig, run_info: dict[str, Any],
           resume: bool = False, progress: bool = True,
           on_iteration: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Meta-train ``learner`` for ``config.iterations`` outer updates; return the last logged metrics.
@@ -150,10 +174,7 @@ def train(learner: Any, envs: TaskEnvs, run_dir: str | Path, config: TrainConfig
             last = iteration + 1 == config.iterations
             if (config.eval_every and (iteration + 1) % config.eval_every == 0) or last:
                 torch.manual_seed(seed + 1)
-                curve = learner.adapt_many(eval_tasks, config.eval_budget, seed=seed + 2).stage_returns
-                metrics["meta/pre_adapt_return"] = float(curve[:, 0].mean())
-                metrics["meta/post_adapt_return"] = float(curve[:, -1].mean())
-                metrics["meta/adaptation_gain"] = float(curve[:, -1].mean() - curve[:, 0].mean())
+                metrics.update(adaptation_metrics(learner.adapt_many(eval_tasks, config.eval_budget, seed=seed + 2)))
             for k, v in metrics.items():
                 logger.record(k, v)
             logger.dump(iteration + 1)
@@ -161,7 +182,7 @@ def train(learner: Any, envs: TaskEnvs, run_dir: str | Path, config: TrainConfig
                 _save(ckpt_path, learner, iteration + 1, run_info, config)
             bar.update(1)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
-                             if k in ("rollout/return_mean", "meta/post_adapt_return")})
+                             if k == "rollout/return_mean" or k.startswith("meta/post_adapt_")})
             if on_iteration is not None:
                 on_iteration(iteration + 1, metrics)
             if stop.stop:
