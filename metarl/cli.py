@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from metarl.checkpoint import CheckpointError
 from metarl.config import (
     add_config_arguments,
     config_from_dict,
@@ -120,6 +121,12 @@ def cmd_train(argv: Sequence[str]) -> int:
         from metarl.registry import make_env
         from metarl.tasks import check_task_family
 
+        if env_kwargs:
+            try:
+                make_env(args.env, **env_kwargs).close()
+            except TypeError as e:
+                raise ValueError(f"--env-kwarg {env_kwargs}: {args.env} does not accept these arguments ({e}); "
+                                 "see the env's docstring for its arguments") from None
         check_task_family(args.env if not env_kwargs else (lambda: make_env(args.env, **env_kwargs)))
     learner, envs = build_learner(args.algo, args.env, env_kwargs, algo_cfg_dict, train_cfg.seed, train_cfg.device)
     run_info = {"algo": args.algo, "algo_config": algo_cfg_dict, "env": args.env, "env_kwargs": env_kwargs}
@@ -250,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[cmd](argv[1:])
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, CheckpointError) as e:
         if "METARL_DEBUG" in __import__("os").environ:
             raise
         print(f"metarl {cmd}: error: {e}", file=sys.stderr)

@@ -83,36 +83,6 @@ def test_resume_of_a_folder_that_never_ran_is_refused(tmp_path: Path, capsys: py
     assert "config.json" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["train", "pretrianed", "--out", "X"], "did you mean 'pretrained'"),
-        (["train", "pretrained", "--out", "X", "--env", "metarl/Navigation2d-v0"], "did you mean"),
-        (["train", "pretrained", "--out", "X", "--meta-batch-size", "0"], "meta_batch_size must be >= 1, got 0"),
-        (["train", "pretrained", "--out", "X", "--adapt-lr", "-1"], "adapt_lr must be > 0"),
-        (["train", "pretrained", "--out", "X", "--device", "cuda:7"], "cuda"),
-        (["train", "pretrained", "--out", "X", "--device", "tpu"], "device must be"),
-        (["evaluate", "does/not/exist"], "no checkpoint"),
-        (["trian"], "did you mean 'train'"),
-    ],
-)
-def test_bad_input_gets_one_clear_error(argv: list[str], message: str, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "X" / "checkpoint.pt").exists()
-
-
-def test_unknown_preset_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    preset = tmp_path / "p.json"
-    preset.write_text(json.dumps({"adapt_lrr": 0.1}))
-    assert main(["train", "pretrained", "--out", str(tmp_path / "r"), "--config", str(preset)]) == 2
-    assert "did you mean 'adapt_lr'" in capsys.readouterr().err
-
-
 def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "r"
     assert main(["train", "random", "--out", str(run), "--iterations", "1", "--no-progress",
