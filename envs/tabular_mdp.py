@@ -90,8 +90,10 @@ def _nested_floats(value: Any, name: str) -> tuple[Any, ...]:
     return array.tolist()  # type: ignore[no-any-return]
 
 
-def _to_tuples(x: Any) -> Any:
-    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else float(x)
+def _to_tuples(x: list[Any]) -> tuple[Any, ...]:
+    """Nested lists from ``ndarray.tolist()`` (Python float leaves) -> nested tuples. Runs once per task
+    drawn (and train/test rejection draws ~5 per test task), so no per-leaf Python call."""
+    return tuple(map(_to_tuples, x)) if x and isinstance(x[0], list) else tuple(x)
 
 
 @dataclass(frozen=True)

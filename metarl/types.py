@@ -27,6 +27,10 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """Base of every task value. Subclasses are frozen dataclasses with tuple/float/int/str fields."""
@@ -34,7 +38,9 @@ class Task:
     family: ClassVar[str] = "task"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, **dataclasses.asdict(self)}
+        # Fields are plain values (tuples, floats, ints, str), so a shallow dict gives the same JSON as
+        # dataclasses.asdict without its deep copy (seconds for 1000 tabular MDPs with 600 floats each).
+        return {"family": self.family, **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
