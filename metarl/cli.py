@@ -262,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"metarl {cmd}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the training loop stopped a diverging run; its checkpoint is kept
+        print(f"metarl {cmd}: stopped: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -103,6 +103,21 @@ def adaptation_metrics(result: Any) -> dict[str, float]:
     return {f"meta/pre_adapt_{metric}": pre, f"meta/post_adapt_{metric}": post, "meta/adaptation_gain": post - pre}
 
 
+def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict holding NaN or inf.
+
+    Checked after every update so that a step that broke the parameters (e.g. an exploding
+    gradient whose loss was still finite) never reaches a checkpoint.
+    """
+    if isinstance(state, torch.Tensor):
+        return [prefix or "tensor"] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        return [name for k, v in state.items() for name in non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(state, (list, tuple)):
+        return [name for i, v in enumerate(state) for name in non_finite_tensors(v, f"{prefix}[{i}]")]
+    return []
+
+
 class _StopFlag:
     """SIGINT sets a flag; the loop stops at the next iteration boundary with a checkpoint."""
 
@@ -163,11 +178,11 @@ def train(learner: Any, envs: TaskSource, run_dir: str | Path, config: TrainConf
             t0 = time.perf_counter()
             metrics = dict(learner.meta_train_step(tasks))
             dt = time.perf_counter() - t0
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)] + non_finite_tensors(learner.state_dict())
             if bad:
                 raise FloatingPointError(
-                    f"non-finite metric(s) {bad} at iteration {iteration + 1}; the last good checkpoint "
-                    f"({ckpt_path}) is kept. Lower the learning rate or step size and resume with --resume.")
+                    f"non-finite metric(s) or parameter(s) {bad[:5]} at iteration {iteration + 1}; the last good "
+                    f"checkpoint ({ckpt_path}) is kept. Lower the learning rate or step size and resume with --resume.")
             metrics["time/iteration_s"] = dt
             if "rollout/env_steps" in metrics:
                 metrics["time/steps_per_s"] = metrics["rollout/env_steps"] / max(dt, 1e-9)

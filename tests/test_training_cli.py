@@ -104,3 +104,48 @@ def test_maml_rl_trains_and_evaluates_through_the_cli(env: str, tmp_path: Path,
                  "--out", str(tmp_path / "eval")]) == 0
     curves = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["curves"]
     assert len(curves["maml-rl"]["mean"]) == 2 and "random" in curves
+
+
+class _Exploding:
+    """A learner whose update breaks its parameter at iteration ``at`` (metrics stay finite)."""
+
+    def __init__(self, at: int, where: str) -> None:
+        self.config = type("C", (), {"meta_batch_size": 2})()
+        self.w = torch.zeros(3)
+        self.steps, self.at, self.where = 0, at, where
+
+    def meta_train_step(self, tasks: object) -> dict[str, float]:
+        self.steps += 1
+        if self.steps == self.at:
+            if self.where == "parameter":
+                self.w[1] = float("inf")
+            else:
+                return {"train/loss": float("nan")}
+        return {"train/loss": float(self.steps)}
+
+    def adapt_many(self, tasks: list[object], budget: int, seed: int) -> object:
+        import numpy as np
+
+        from metarl.learner import AdaptationResult
+
+        return AdaptationResult(np.zeros((len(tasks), budget + 1)), [])
+
+    def state_dict(self) -> dict[str, object]:
+        return {"policy": {"w": self.w.clone()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        raise AssertionError("not resumed in this test")
+
+
+@pytest.mark.parametrize("where", ["parameter", "metric"])
+def test_non_finite_update_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path, where: str) -> None:
+    from metarl.rollout import TaskEnvs
+    from metarl.training import TrainConfig, train
+
+    envs = TaskEnvs("metarl/Navigation2D-v0")
+    config = TrainConfig(iterations=6, eval_every=0, eval_tasks=2, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"iteration 3.*last good checkpoint.*kept.*--resume") as info:
+        train(_Exploding(3, where), envs, tmp_path / "run", config, {"algo": "test"}, progress=False)
+    assert ("policy.w" in str(info.value)) == (where == "parameter")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["iteration"] == 2 and torch.isfinite(state["learner"]["policy"]["w"]).all()
