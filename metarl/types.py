@@ -9,6 +9,9 @@ defines its own frozen dataclass deriving from :class:`Task` (one level, no deep
 
 ``Task.to_json()`` / ``Task.from_json()`` round-trip exactly (floats are written with ``repr``
 precision by the ``json`` module).
+
+Supervised few-shot learning uses the same learners' interface with a task that is one
+:class:`Episode`: a support set to adapt on and a query set to predict.
 """
 
 from __future__ import annotations
@@ -122,3 +125,63 @@ class TrajectoryBatch:
         """The sub-batch of the given episode columns (index tensor or slice)."""
         out = {f.name: getattr(self, f.name)[:, columns] for f in dataclasses.fields(self) if f.name != "task_index"}
         return TrajectoryBatch(**out, task_index=self.task_index[columns])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Episode:
+    """One few-shot task: a support set to adapt on and a query set to predict (tensors, one device).
+
+    Classification, ``N`` ways, ``K`` shots, ``Q`` queries per class, images ``[C, H, W]``:
+        support_x: ``[N*K, C, H, W]`` float; support_y: ``[N*K]`` long labels in ``[0, N)`` (class-major as
+        sampled, row ``i`` has label ``i // K``; learners go by the labels, never by the order).
+        query_x: ``[N*Q, C, H, W]``; query_y: ``[N*Q]`` long.
+        ways: ``N``; classes: the data set's class ids of labels ``0 .. N-1`` (provenance, disjointness checks).
+    Regression, ``K`` support and ``Q`` query points of ``D_in -> D_out`` (sinusoid: 1 -> 1):
+        support_x ``[K, D_in]``, support_y ``[K, D_out]`` float; query_x ``[Q, D_in]``, query_y ``[Q, D_out]``;
+        ways: 0; classes: ``()``.
+
+    A query set may be empty (``[0, ...]``, see :meth:`from_support`): adapting needs only the support set.
+    """
+
+    support_x: Any
+    support_y: Any
+    query_x: Any
+    query_y: Any
+    ways: int = 0
+    classes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, x, y in (("support", self.support_x, self.support_y), ("query", self.query_x, self.query_y)):
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"{name}_x has {x.shape[0]} rows but {name}_y has {y.shape[0]}; they must match")
+        if self.support_x.shape[1:] != self.query_x.shape[1:]:
+            raise ValueError(f"support inputs {tuple(self.support_x.shape[1:])} and query inputs "
+                             f"{tuple(self.query_x.shape[1:])} must have the same shape")
+        if self.ways < 0 or (self.ways > 0 and self.support_y.ndim != 1):
+            raise ValueError(f"a classification episode (ways={self.ways}) needs labels of shape [N*K], got "
+                             f"support_y of shape {tuple(self.support_y.shape)}")
+        if self.classes and len(self.classes) != self.ways:
+            raise ValueError(f"classes names {len(self.classes)} class ids for {self.ways} ways")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.ways > 0
+
+    @property
+    def shots(self) -> int:
+        """``K``: support examples per class (classification) or support points (regression)."""
+        return self.support_x.shape[0] // self.ways if self.ways else self.support_x.shape[0]
+
+    @property
+    def queries(self) -> int:
+        """``Q``: query examples per class (classification) or query points (regression)."""
+        return self.query_x.shape[0] // self.ways if self.ways else self.query_x.shape[0]
+
+    def to(self, device: Any) -> Episode:
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device)
+                                            for k in ("support_x", "support_y", "query_x", "query_y")})
+
+    @classmethod
+    def from_support(cls, support_x: Any, support_y: Any, ways: int = 0) -> Episode:
+        """An episode of a support set alone (what a user with new inputs to classify has): empty query set."""
+        return cls(support_x, support_y, support_x[:0], support_y[:0], ways)
