@@ -180,3 +180,25 @@ def compare_maml_with_baselines(env: str, maml_cfg: MamlRLConfig, pre_cfg: Pretr
         torch.manual_seed(eval_seed)
         curves[oracle_label] = evaluate_adaptation({"oracle": oracle}, tasks, 0, episodes, eval_seed)["oracle"]
     return Comparison(curves, training, selection, selection_time, time.perf_counter() - t0, envs.horizon)
+
+
+def machine_line(d: dict[str, Any]) -> str:
+    """``cpu, cores, torch, wall time; commit`` of a results file (for README tables)."""
+    m, p = d["provenance"]["machine"], d["provenance"]
+    gpu = f", {m['cuda_device']}" if m.get("cuda_device") else ""
+    wall = p.get("wall_time_s")
+    wall_s = f", {wall / 60:.0f} min" if isinstance(wall, (int, float)) else ""
+    return f"{m['cpu']}, {m['cpu_count']} cores{gpu}, torch {m['torch']}{wall_s}; commit {p['commit'][:7]}"
+
+
+def curve_table(d: dict[str, Any], paper: dict[str, Sequence[float]] | None = None) -> list[str]:
+    """Markdown rows ``learner | step 0 | step 1 | ...`` (mean ± 95% CI, the paper's value in brackets)."""
+    budget = int(d["setup"]["budget"])
+    lines = ["| learner | " + " | ".join(f"{k} steps" for k in range(budget + 1)) + " |",
+             "| --- |" + " --- |" * (budget + 1)]
+    for name, c in d["curves"].items():
+        ref = (paper or {}).get(name, [])
+        cells = [f"{m:.1f} ± {ci:.1f}" + (f" ({ref[k]})" if k < len(ref) else "")
+                 for k, (m, ci) in enumerate(zip(c["mean"], c["ci95"], strict=True))]
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (budget + 1 - len(cells))) + " |")
+    return lines

@@ -132,3 +132,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+
+
+def readme_table(d: dict[str, Any]) -> str:
+    """The README's table for this results file (``benchmarks/report.py``)."""
+    from adaptation_common import curve_table, machine_line
+
+    s, t, g = d["setup"], d["training"]["maml"], d["gap_closed"]
+    lines = [f"### MAML-RL on CartPoleDynamics ({s['test_tasks']} held-out tasks, {s['episodes_per_step']} episodes "
+             f"per step, H={s['horizon']}; mean return ± 95% CI over tasks)", "",
+             f"`python benchmarks/maml_rl_cartpole.py` ({machine_line(d)}; MAML meta-training "
+             f"{t['wall_time_s'] / 60:.1f} min for {t['iterations']} iterations)", "",
+             *curve_table(d), "",
+             "Fraction of the robust-to-oracle gap closed per step, (R_k − R_robust,0) / (R_oracle − R_robust,0): "
+             "MAML " + ", ".join(f"{x:.0%}" for x in g["maml"]) + "; the robust (pretrained) policy fine-tuned "
+             + ", ".join(f"{x:.0%}" for x in g["pretrained"]) + "."]
+    return "\n".join(lines)

@@ -153,3 +153,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+
+
+def readme_table(d: dict[str, Any]) -> str:
+    """The README's table for this results file (``benchmarks/report.py``)."""
+    from adaptation_common import curve_table, machine_line
+
+    s, t = d["setup"], d["training"]["maml"]
+    paper = {**d["paper"], "oracle (goal observed)": d["paper"]["oracle"]}
+    lines = [f"### MAML-RL on Navigation2D ({s['test_tasks']} held-out goals, {s['episodes_per_step']} episodes per "
+             "step; mean return ± 95% CI over goals; the MAML paper's numbers in brackets)", "",
+             f"`python benchmarks/maml_rl_navigation.py` ({machine_line(d)}; MAML meta-training "
+             f"{t['wall_time_s'] / 60:.1f} min for {t['iterations']} iterations)", "",
+             *curve_table(d, paper), "",
+             f"Target (after 1 step >= {d['target']['after_1_step']}, after 3 steps >= "
+             f"{d['target']['after_3_steps']}): met = {d['target']['met']}. Evaluation step sizes chosen on "
+             "validation goals of the train split: " + "; ".join(
+                 f"{k} {v['eval_lrs']}" for k, v in s["step_size_selection"]["selected"].items()) + "."]
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ written by a script in ``benchmarks/``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -92,8 +93,24 @@ def cartpole_table() -> str:
     return "\n".join(lines)
 
 
+SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole")
+"""Results files whose README table is rendered by ``readme_table(d)`` in the script of the same name."""
+
+
+def script_table(name: str) -> str:
+    d = _load(name)
+    if d is None:
+        return ""
+    sys.path.insert(0, str(HERE))
+    try:
+        return str(importlib.import_module(name).readme_table(d))
+    finally:
+        sys.path.remove(str(HERE))
+
+
 def report() -> str:
-    parts = [p for p in (throughput_table(), bandit_table(), cartpole_table()) if p]
+    parts = [p for p in (throughput_table(), bandit_table(), cartpole_table(), *map(script_table, SCRIPT_TABLES))
+             if p]
     return "\n\n".join(parts) + "\n"
 
 
