@@ -319,7 +319,8 @@ def test_training_loop_runs_maml(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("env", ["metarl/Navigation2D-v0", "examples.custom_pendulum:family"])
+@pytest.mark.parametrize("env", ["metarl/Navigation2D-v0", "metarl/CartPoleDynamics-v0",
+                                 "examples.custom_pendulum:family"])
 def test_cli_train_then_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     from metarl import cli
 

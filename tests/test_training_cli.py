@@ -91,21 +91,6 @@ def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureF
     assert "--resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("env", ["metarl/Navigation2D-v0", "metarl/CartPoleDynamics-v0",
-                                 "examples.custom_pendulum:family"])
-def test_maml_rl_trains_and_evaluates_through_the_cli(env: str, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)  # `examples.custom_pendulum:family` is imported relative to the repository root
-    run = tmp_path / "run"
-    assert main(["train", "maml-rl", "--env", env, "--out", str(run), "--iterations", "2", "--meta-batch-size", "2",
-                 "--fast-batch-size", "2", "--eval-tasks", "2", "--adapt-episodes", "2", "--hidden", "8",
-                 "--no-progress"]) == 0
-    assert main(["evaluate", str(run), "--tasks", "2", "--budget", "1", "--episodes", "2",
-                 "--out", str(tmp_path / "eval")]) == 0
-    curves = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["curves"]
-    assert len(curves["maml-rl"]["mean"]) == 2 and "random" in curves
-
-
 class _Exploding:
     """A learner whose update breaks its parameter at iteration ``at`` (metrics stay finite)."""
 
