@@ -1,9 +1,10 @@
-"""The ``metarl`` command: train, evaluate, demo, envs.
+"""The ``metarl`` command: train, evaluate, demo, envs, fewshot.
 
     metarl train pretrained --env metarl/Navigation2D-v0 --out runs/nav --iterations 60
     metarl evaluate runs/nav
     metarl demo                      # train + evaluate on Navigation2D in a few minutes, with a plot
     metarl envs                      # list the registered task families
+    metarl fewshot protonet --dataset omniglot --data-dir DATA --ways 5 --shots 1 --out runs/proto
 
 ``python scripts/train.py ...`` and ``python scripts/evaluate.py ...`` are the same commands.
 """
@@ -29,6 +30,7 @@ from metarl.config import (
     overrides_from_args,
     suggest,
 )
+from metarl.fewshot import cmd_fewshot
 from metarl.training import CHECKPOINT, TrainConfig, check_device, train
 
 
@@ -242,7 +244,7 @@ def cmd_envs(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "envs": cmd_envs}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "envs": cmd_envs, "fewshot": cmd_fewshot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
