@@ -43,7 +43,7 @@ Python loop over tasks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ from torch import nn
 from torch.distributions import Distribution, kl_divergence
 
 from metarl import functional as F
+from metarl import trpo
 from metarl.config import option, require
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.pg import by_task, finetune_by_policy_gradient, reinforce_loss, task_advantages, task_log_probs
@@ -180,6 +181,59 @@ def mean_kl(old: Distribution, policy: nn.Module, adapted: F.Params, batch: Traj
     return task_mean(_to_columns(kl, batch.mask), batch.mask, n_tasks).mean()
 
 
+def kl_curvature(policy: nn.Module, theta: F.Params, batches: Sequence[TrajectoryBatch],
+                 advantages: Sequence[torch.Tensor], valid: TrajectoryBatch, old: Distribution, n_tasks: int,
+                 lr: float, second_order: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> H v``, ``H`` the Hessian of :func:`mean_kl` with respect to ``theta`` at ``theta = theta_old``.
+
+    Exactly ``H = J^T F J`` (Gauss-Newton): ``J = d phi / d theta`` is the Jacobian of the adaptation and
+    ``F`` the Hessian of the KL with respect to the adapted parameters ``phi``. The remaining term of the
+    chain rule, ``(d^2 phi / d theta^2) . grad_phi KL``, vanishes because ``grad_phi KL(pi_old || pi_phi) = 0``
+    at ``phi = phi_old``. Each inner step ``phi_j = phi_{j-1} - lr grad L_j(phi_{j-1})`` has the symmetric
+    Jacobian ``J_j = I - lr H_{L_j}``, so ``J v = J_k ... J_1 v`` and ``J^T w = J_1 ... J_k w`` need only
+    Hessian-vector products of the inner losses (first order: ``J = I``). This avoids differentiating
+    the KL's gradient through the inner step (third derivatives of the inner loss that are multiplied
+    by zero), about half the cost of autograd's double backward of the KL with respect to ``theta``.
+    ``v`` and the result are flat vectors ``[P]`` over ``theta``'s tensors in order.
+    """
+    names = list(theta)
+    phi = {k: v.detach().unsqueeze(0).expand(n_tasks, *v.shape).contiguous() for k, v in theta.items()}
+    inner: list[tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] = []
+    for batch, adv in zip(batches, advantages, strict=True):
+        leaves = [phi[k].detach().requires_grad_(True) for k in names]
+        losses = reinforce_loss(task_log_probs(policy, dict(zip(names, leaves, strict=True)), batch, n_tasks),
+                                adv, batch.mask, n_tasks)
+        grads = torch.autograd.grad(losses.sum(), leaves, create_graph=second_order)
+        inner.append((leaves, grads))
+        phi = {k: (x - lr * g).detach() for k, x, g in zip(names, leaves, grads, strict=True)}
+    leaves = [phi[k].requires_grad_(True) for k in names]
+    kl = mean_kl(old, policy, dict(zip(names, leaves, strict=True)), valid, n_tasks)
+    kl_grads = torch.autograd.grad(kl, leaves, create_graph=True)
+
+    def hessian(of: tuple[torch.Tensor, ...], wrt: list[torch.Tensor], w: list[torch.Tensor]) -> list[torch.Tensor]:
+        dot = torch.stack([(g * x).sum() for g, x in zip(of, w, strict=True)]).sum()
+        return list(torch.autograd.grad(dot, wrt, retain_graph=True))
+
+    def jacobian(w: list[torch.Tensor], steps: Sequence[tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]]
+                 ) -> list[torch.Tensor]:
+        for step_leaves, step_grads in steps:
+            w = [x - lr * h for x, h in zip(w, hessian(step_grads, step_leaves, w), strict=True)]
+        return w
+
+    shapes = [theta[k] for k in names]
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        w = [x.unsqueeze(0).expand(n_tasks, *x.shape) for x in trpo.unflatten_like(v, shapes)]
+        if second_order:
+            w = jacobian(w, inner)                       # J v
+        w = hessian(kl_grads, leaves, w)                 # F J v
+        if second_order:
+            w = jacobian(w, inner[::-1])                 # J^T F J v
+        return trpo.flat([x.sum(0) for x in w])          # theta is shared: d/dtheta sums over tasks
+
+    return hvp
+
+
 def _detached(stacked: F.Params) -> F.Params:
     return {k: v.detach().contiguous().requires_grad_(True) for k, v in stacked.items()}
 
@@ -252,9 +306,13 @@ class MamlRLAgent:
             return loss, mean_kl(old_dist, self.policy, adapted, data.valid, n)
 
         metrics: dict[str, float] = {}
+        def curvature() -> Callable[[torch.Tensor], torch.Tensor]:
+            return kl_curvature(self.policy, policy_params(self.policy), data.train, data.train_advantages,
+                                data.valid, old_dist, n, c.inner_lr, second_order)
+
         if c.outer == "trpo":
             info = trpo_step(list(self.policy.parameters()), loss_and_kl, c.max_kl, c.cg_iters, c.cg_damping,
-                             c.ls_backtrack_ratio, c.ls_max_steps)
+                             c.ls_backtrack_ratio, c.ls_max_steps, curvature=curvature)
             metrics.update({"train/surrogate_before": info.loss_before, "train/surrogate_after": info.loss_after,
                             "train/kl": info.kl, "train/line_search_steps": float(info.line_search_steps),
                             "train/step_accepted": float(info.accepted),
@@ -334,5 +392,5 @@ class MamlRLAgent:
         return self
 
 
-__all__ = ["MamlRLAgent", "MamlRLConfig", "MetaBatch", "adapt_from", "inner_step", "mean_kl", "outer_surrogate",
-           "task_mean"]
+__all__ = ["MamlRLAgent", "MamlRLConfig", "MetaBatch", "adapt_from", "inner_step", "kl_curvature", "mean_kl",
+           "outer_surrogate", "task_mean"]

@@ -90,6 +90,10 @@ def hessian_vector_product(kl: torch.Tensor, params: Sequence[torch.Tensor],
     return hvp
 
 
+def _damped(product: Callable[[torch.Tensor], torch.Tensor], damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda v: product(v) + damping * v
+
+
 @dataclass(frozen=True)
 class TRPOStepInfo:
     """What one TRPO update did.
@@ -108,19 +112,24 @@ class TRPOStepInfo:
 
 
 def trpo_step(params: Sequence[torch.Tensor], loss_and_kl: LossAndKL, max_kl: float = 0.01, cg_iters: int = 10,
-              damping: float = 0.1, backtrack_ratio: float = 0.8, max_backtracks: int = 15) -> TRPOStepInfo:
+              damping: float = 0.1, backtrack_ratio: float = 0.8, max_backtracks: int = 15,
+              curvature: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None) -> TRPOStepInfo:
     """One TRPO update of ``params`` (leaf tensors, changed in place) minimising the closure's loss.
 
     The closure is called once with ``need_graph=True`` at the current parameters (its KL is 0
     there, but not its Hessian), then once per line-search candidate with ``need_graph=False``.
+    ``curvature``, if given, is called once at the current parameters and returns ``v -> H v`` for the
+    KL's Hessian ``H`` there (a learner that knows a cheaper exact form, e.g. MAML-RL's ``J^T F J``);
+    by default ``H v`` is autograd's double backward of the closure's KL.
     """
     if max_kl <= 0 or not 0 < backtrack_ratio < 1 or max_backtracks < 1 or damping < 0:
         raise ValueError(f"need max_kl > 0, 0 < backtrack_ratio < 1, max_backtracks >= 1, damping >= 0; got "
                          f"{max_kl}, {backtrack_ratio}, {max_backtracks}, {damping}")
     params = list(params)
     loss, kl = loss_and_kl(True)
-    g = flat(torch.autograd.grad(loss, params, retain_graph=True))
-    hvp = hessian_vector_product(kl, params, damping)
+    g = flat(torch.autograd.grad(loss, params, retain_graph=curvature is None))
+    product = hessian_vector_product(kl, params) if curvature is None else curvature()
+    hvp = _damped(product, damping)
     step = conjugate_gradient(hvp, -g, cg_iters)
     shs = step @ hvp(step)  # s^T (H + damping I) s, > 0 for damping > 0
     if not torch.isfinite(shs) or shs <= 0:
@@ -129,7 +138,7 @@ def trpo_step(params: Sequence[torch.Tensor], loss_and_kl: LossAndKL, max_kl: fl
     expected = -(g @ full_step).item()  # first-order predicted decrease of the loss
     old = [p.detach().clone() for p in params]
     loss_before = loss.item()
-    del loss, kl, hvp  # free the second-order graph before the line search
+    del loss, kl, hvp, product  # free the second-order graphs before the line search
     deltas = unflatten_like(full_step.detach(), old)
     for i in range(max_backtracks):
         fraction = backtrack_ratio ** i

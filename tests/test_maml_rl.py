@@ -16,6 +16,7 @@ from metarl.agents.maml_rl import (
     adapt_from,
     adapted_distribution,
     inner_step,
+    kl_curvature,
     mean_kl,
     outer_surrogate,
 )
@@ -215,6 +216,27 @@ def test_batched_meta_gradient_equals_task_loop(discrete: bool, first_order: boo
                                problem.old_log_probs[:, cols], 1)
         looped += weights[i] * _grad(loss.sum(), th)
     torch.testing.assert_close(batched, looped)
+
+
+@pytest.mark.parametrize(("discrete", "k", "second_order"),
+                         [(False, 1, True), (True, 1, True), (False, 2, True), (True, 2, False)])
+def test_gauss_newton_kl_curvature_equals_autograd_hessian(discrete: bool, k: int, second_order: bool) -> None:
+    problem = _Problem(discrete=discrete, k=k)
+    theta = problem.theta()
+    with torch.enable_grad():
+        old = {k_: v.detach() for k_, v in adapt_from(problem.policy, theta, problem.train, problem.train_adv,
+                                                        problem.n, problem.lr, False).items()}
+    old_dist = adapted_distribution(problem.policy, old, problem.valid, problem.n)
+    adapted = adapt_from(problem.policy, theta, problem.train, problem.train_adv, problem.n, problem.lr,
+                         second_order)
+    reference = hessian_vector_product(mean_kl(old_dist, problem.policy, adapted, problem.valid, problem.n),
+                                       list(theta.values()))
+    ours = kl_curvature(problem.policy, theta, problem.train, problem.train_adv, problem.valid, old_dist,
+                        problem.n, problem.lr, second_order)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(sum(t.numel() for t in theta.values()), generator=g, dtype=torch.float64)
+        torch.testing.assert_close(ours(v), reference(v), rtol=1e-10, atol=1e-12)
 
 
 def test_inner_step_equals_pg_adapt_step() -> None:
