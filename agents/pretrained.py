@@ -6,8 +6,8 @@ then fine-tuning". This learner does exactly that:
 - **Training** (``meta_train_step``): one policy, no task information, trained with PPO's clipped
   surrogate (Schulman et al. 2017) on episodes from a batch of training tasks,
   ``L(theta) = -E[min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t)] - c_H H[pi_theta]``,
-  ``r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t)``, with GAE advantages (Schulman et al. 2016) on the
-  linear feature baseline refit per task.
+  ``r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t)`` (:func:`metarl.ppo.clipped_surrogate_loss`), with GAE
+  advantages (Schulman et al. 2016) on the linear feature baseline refit per task.
 - **Adaptation** (``adapt``): ``budget`` vanilla policy-gradient steps
   ``theta_{k+1} = theta_k + alpha grad_theta E[log pi_theta(a|s) A]`` on fresh episodes of the new
   task, exactly the fine-tuning of the MAML paper (and MAML-RL's inner step).
@@ -29,6 +29,7 @@ from metarl.config import option, require
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.pg import finetune_by_policy_gradient, task_advantages
 from metarl.policies import make_policy, policy_params
+from metarl.ppo import clipped_surrogate_loss
 from metarl.rollout import TaskEnvs, task_policy_act_fn
 from metarl.types import Task
 
@@ -93,21 +94,18 @@ class PretrainedAgent:
             perm = torch.randperm(size, device=self.device)
             for idx in perm.chunk(c.minibatches):
                 dist = self.policy.distribution(obs[idx])
-                logp = dist.log_prob(actions[idx])
-                ratio = (logp - old_logp[idx]).exp()
-                surrogate = torch.min(ratio * advantages[idx], ratio.clamp(1 - c.clip, 1 + c.clip) * advantages[idx])
+                terms = clipped_surrogate_loss(dist.log_prob(actions[idx]), old_logp[idx], advantages[idx], c.clip)
                 entropy = dist.entropy().mean()
-                loss = -surrogate.mean() - c.entropy_coef * entropy
+                loss = terms.loss - c.entropy_coef * entropy
                 self.optimizer.zero_grad()
                 loss.backward()
                 if c.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
                 self.optimizer.step()
-                with torch.no_grad():
-                    losses.append(loss.item())
-                    entropies.append(entropy.item())
-                    clip_fracs.append(((ratio - 1).abs() > c.clip).float().mean().item())
-                    kls.append((old_logp[idx] - logp).mean().item())
+                losses.append(loss.item())
+                entropies.append(entropy.item())
+                clip_fracs.append(terms.clip_fraction.item())
+                kls.append(terms.approx_kl.item())
         self.steps_done += 1
         returns = batch.episode_returns
         return {

@@ -36,17 +36,23 @@ from metarl.training import CHECKPOINT, TrainConfig, check_device, train
 
 def _algorithms() -> dict[str, tuple[type, type]]:
     from metarl.agents.maml_rl import MamlRLAgent, MamlRLConfig
+    from metarl.agents.mann import MANNAgent, MANNConfig
     from metarl.agents.pretrained import PretrainedAgent, PretrainedConfig
     from metarl.agents.random_policy import RandomAgent, RandomConfig
+    from metarl.agents.rl2 import RL2Agent, RL2Config
 
     return {"maml-rl": (MamlRLConfig, MamlRLAgent), "pretrained": (PretrainedConfig, PretrainedAgent),
-            "random": (RandomConfig, RandomAgent)}
+            "random": (RandomConfig, RandomAgent), "rl2": (RL2Config, RL2Agent), "mann": (MANNConfig, MANNAgent)}
 
 
 ALGORITHM_HELP = {
     "maml-rl": "MAML (Finn et al. 2017): policy-gradient inner loop, TRPO (or PPO) outer loop",
     "pretrained": "one policy trained across tasks (PPO), fine-tuned per task by policy gradient (MAML paper baseline)",
     "random": "uniform random actions (the floor of every curve)",
+    "rl2": "RL² (Duan et al. 2016): a GRU policy whose memory persists across the episodes of a trial, trained "
+           "with PPO over whole trials",
+    "mann": "MANN (Santoro et al. 2016): a controller with an NTM-style external memory, cleared per trial, "
+            "trained like rl2",
 }
 
 

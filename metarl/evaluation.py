@@ -30,10 +30,12 @@ class AdaptsMany(Protocol):
 
 @dataclass(frozen=True)
 class Curve:
-    """Per-stage statistics of one learner over tasks. ``per_task`` is ``[n_tasks, n_stages]``."""
+    """Per-stage statistics of one learner over tasks. ``per_task`` is ``[n_tasks, n_stages]``;
+    ``stage_unit`` is the learner's :attr:`~metarl.learner.AdaptationResult.stage_unit`."""
 
     name: str
     per_task: np.ndarray
+    stage_unit: str = "steps"
 
     @property
     def stats(self) -> list[dict[str, float | int]]:
@@ -42,7 +44,17 @@ class Curve:
     def to_dict(self) -> dict[str, Any]:
         s = self.stats
         return {"mean": [x["mean"] for x in s], "ci95": [x["ci95"] for x in s],
-                "per_task": self.per_task.tolist()}
+                "per_task": self.per_task.tolist(), "stage_unit": self.stage_unit}
+
+
+def stage_name(k: int, unit: str) -> str:
+    """Column title of stage ``k``: ``"2 steps"`` (after 2 gradient steps) or ``"episode 3"`` (of a trial)."""
+    return f"episode {k + 1}" if unit == "episodes" else f"{k} {unit}"
+
+
+def _unit(curves: Mapping[str, Curve]) -> str:
+    """The first learner's (the one evaluated; baselines follow it) stage unit."""
+    return next(iter(curves.values())).stage_unit if curves else "steps"
 
 
 def evaluate_adaptation(learners: Mapping[str, AdaptsMany], tasks: Sequence[Task], budget: int,
@@ -57,14 +69,19 @@ def evaluate_adaptation(learners: Mapping[str, AdaptsMany], tasks: Sequence[Task
     curves = {}
     for name, learner in learners.items():
         result = learner.adapt_many(tasks, budget, seed=seed, episodes_per_step=episodes_per_step)
-        curves[name] = Curve(name, np.asarray(result.stage_returns, dtype=np.float64))
+        curves[name] = Curve(name, np.asarray(result.stage_returns, dtype=np.float64), result.stage_unit)
     return curves
 
 
-def format_table(curves: Mapping[str, Curve], stage_label: str = "steps") -> str:
-    """A markdown table: one row per learner, one column per stage, ``mean ± ci95``."""
+def format_table(curves: Mapping[str, Curve], stage_label: str | None = None) -> str:
+    """A markdown table: one row per learner, one column per stage, ``mean ± ci95``.
+
+    ``stage_label``: ``"steps"``, ``"episodes"`` (columns "episode 1", "episode 2", ...) or None for the
+    first curve's unit.
+    """
     n_stages = max(c.per_task.shape[1] for c in curves.values())
-    header = "| learner | " + " | ".join(f"{k} {stage_label}" for k in range(n_stages)) + " |"
+    unit = stage_label or _unit(curves)
+    header = "| learner | " + " | ".join(stage_name(k, unit) for k in range(n_stages)) + " |"
     lines = [header, "|" + " --- |" * (n_stages + 1)]
     for name, c in curves.items():
         cells = [f"{s['mean']:.2f} ± {s['ci95']:.2f}" for s in c.stats]
@@ -73,9 +90,12 @@ def format_table(curves: Mapping[str, Curve], stage_label: str = "steps") -> str
     return "\n".join(lines)
 
 
-def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str, stage_label: str = "adaptation steps",
+def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str, stage_label: str | None = None,
                 references: Mapping[str, Sequence[float]] | None = None) -> Path:
-    """Mean with a 95% CI band per learner; optional reference curves (e.g. a paper's) dashed."""
+    """Mean with a 95% CI band per learner; optional reference curves (e.g. a paper's) dashed.
+
+    ``stage_label`` is the x-axis title (None: from the first curve's unit).
+    """
     import matplotlib
     import matplotlib.ticker
 
@@ -93,6 +113,8 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str, stage
     for name, values in (references or {}).items():
         ax.plot(np.arange(len(values)), values, linestyle="--", marker="x", label=name)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if stage_label is None:
+        stage_label = "episode within the trial (0 = first)" if _unit(curves) == "episodes" else "adaptation steps"
     ax.set_xlabel(stage_label)
     ax.set_ylabel("mean return (95% CI over tasks)")
     ax.set_title(title)

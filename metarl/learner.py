@@ -76,7 +76,10 @@ class AdaptationResult:
 
     ``stage_returns``: ``[n_tasks, budget + 1]`` mean episode return at each stage per task.
     ``adapted``: one adapted policy per task.
+    ``stage_unit``: what a stage is, ``"steps"`` (stage ``k``: after ``k`` gradient steps) or
+    ``"episodes"`` (stage ``k``: episode ``k + 1`` of a trial, for memory-based learners).
     """
 
     stage_returns: np.ndarray
     adapted: list[AdaptedPolicy]
+    stage_unit: str = "steps"

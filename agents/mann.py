@@ -1,0 +1,221 @@
+"""MANN: a memory-augmented policy (a controller with an NTM-style external memory) trained like RL².
+
+Santoro, Bartunov, Botvinick, Wierstra, Lillicrap (2016), "Meta-Learning with Memory-Augmented Neural
+Networks", ICML; Graves, Wayne, Danihelka (2014), "Neural Turing Machines", arXiv:1410.5401 (sec. 3).
+
+The policy's memory is a controller (an LSTM or GRU cell) plus an external memory matrix
+``M in R^{N x W}`` (``N`` slots of width ``W``) with one write head and ``R`` read heads. The memory is
+cleared (``M = 0``, head weights on slot 0, read vectors 0, controller state 0) at the start of a trial and
+persists across the episodes of the trial; the trial rollout, the objective (expected total discounted
+reward of a trial) and the recurrent PPO update are RL²'s (``agents/rl2.py``, :mod:`metarl.recurrent`).
+Per step, with ``x_t`` the trial input ``[s_t, a_{t-1}, r_{t-1}, d_{t-1}]`` (:mod:`metarl.trials`)::
+
+    h_t = Controller([x_t, r^1_{t-1}, ..., r^R_{t-1}], h_{t-1})
+    for each head: k_t = W_k h_t,  beta_t = softplus(.),  g_t = sigmoid(.),  s_t = softmax(.)  (2S+1 shifts),
+                   gamma_t = 1 + softplus(.);  write head also e_t = sigmoid(.) in [0,1]^W, a_t = tanh(.)
+
+Addressing (Graves et al. 2014, eqs. 5-9), every function below one equation:
+
+    content        w^c_t(i) = exp(beta_t K[k_t, M_{t-1}(i)]) / sum_j exp(beta_t K[k_t, M_{t-1}(j)]),
+                   K[u, v] = u . v / (||u|| ||v||)                              (cosine similarity)
+    interpolation  w^g_t = g_t w^c_t + (1 - g_t) w_{t-1}
+    shift          w~_t(i) = sum_j w^g_t(j) s_t(i - j mod N)                    (circular convolution)
+    sharpening     w_t(i) = w~_t(i)^gamma_t / sum_j w~_t(j)^gamma_t
+
+Write (eqs. 3-4) then read (eq. 2) from the written memory::
+
+    M_t(i) = M_{t-1}(i) [1 - w^w_t(i) e_t] + w^w_t(i) a_t,       r^h_t = sum_i w^h_t(i) M_t(i)
+
+The policy and value heads read ``[h_t, r^1_t, ..., r^R_t]``.
+
+Choices where codebases differ, and ours:
+
+- Addressing: NTM's (content + location), as this project's issue asks; Santoro et al.'s MANN writes with
+  *least-recently-used access* (LRUA) instead, which is not implemented here.
+- Initial state: memory ``0`` and every head's previous weighting one-hot on slot 0. With a zero (or
+  constant) memory every slot looks the same to content addressing, and uniform initial weights would
+  keep all slots identical forever; the one-hot start lets location addressing (shifts) break the tie.
+  pytorch-ntm (loudinthecloud) learns these initial values; we keep them fixed, so "clearing the
+  memory" is well defined.
+- Cosine similarity with ``||u|| ||v|| + 1e-8`` in the denominator (0 for the zero memory) and sharpening of
+  ``w~ + 1e-12`` (finite gradient in ``gamma`` where a weight is 0).
+- Reads come from the memory *after* this step's write (so the current step's information is
+  readable at once), as in Santoro et al.'s equations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metarl.config import option, require
+from metarl.recurrent import TrialPPOConfig, TrialPPOLearner, unroll_by_steps
+from metarl.rollout import TaskEnvs
+
+CONTROLLERS = ("lstm", "gru")
+
+# ----------------------------------------------------------------------------------------------------------
+# NTM addressing, read and write as pure functions. Shapes: B batch, H heads, N slots, W slot width.
+
+
+def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``K[k_h, M(i)]`` for every head and slot: keys ``[B, H, W]``, memory ``[B, N, W]`` -> ``[B, H, N]``."""
+    dot = keys @ memory.transpose(1, 2)
+    return dot / (keys.norm(dim=-1, keepdim=True) * memory.norm(dim=-1).unsqueeze(1) + eps)
+
+
+def content_weights(keys: torch.Tensor, strength: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """``w^c = softmax_i(beta K[k, M(i)])``: keys ``[B, H, W]``, strength ``beta [B, H]`` -> ``[B, H, N]``."""
+    return torch.softmax(strength.unsqueeze(-1) * cosine_similarity(keys, memory), dim=-1)
+
+
+def interpolate(content: torch.Tensor, previous: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``w^g = g w^c + (1 - g) w_{t-1}``: ``[B, H, N]``, ``[B, H, N]``, gate ``g [B, H]`` in [0, 1]."""
+    g = gate.unsqueeze(-1)
+    return g * content + (1.0 - g) * previous
+
+
+def circular_shift(weights: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``w~(i) = sum_j w(j) s(i - j mod N)``: weights ``[B, H, N]``, shift ``[B, H, 2S + 1]`` (a
+    distribution over the offsets ``-S, ..., S``) -> ``[B, H, N]``."""
+    radius = (shift.shape[-1] - 1) // 2
+    # torch.roll(w, o)[i] = w[i - o], so summing s(o) * roll(w, o) over offsets o is the convolution.
+    return sum((shift[..., o + radius, None] * torch.roll(weights, o, dims=-1) for o in range(-radius, radius + 1)),
+               torch.zeros_like(weights))
+
+
+def sharpen(weights: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``w(i) = w~(i)^gamma / sum_j w~(j)^gamma``: weights ``[B, H, N]``, gamma ``[B, H]`` >= 1."""
+    w = (weights + eps) ** gamma.unsqueeze(-1)
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+def address(keys: torch.Tensor, strength: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor,
+            gamma: torch.Tensor, previous: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """The NTM addressing pipeline (content -> interpolation -> shift -> sharpening): ``[B, H, N]``."""
+    return sharpen(circular_shift(interpolate(content_weights(keys, strength, memory), previous, gate), shift),
+                   gamma)
+
+
+def write_memory(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """``M_t(i) = M_{t-1}(i) [1 - w(i) e] + w(i) a``: memory ``[B, N, W]``, weights ``[B, N]``, erase and add
+    ``[B, W]``."""
+    w = weights.unsqueeze(-1)
+    return memory * (1.0 - w * erase.unsqueeze(1)) + w * add.unsqueeze(1)
+
+
+def read_memory(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``r^h = sum_i w^h(i) M(i)``: memory ``[B, N, W]``, weights ``[B, H, N]`` -> ``[B, H, W]``."""
+    return weights @ memory
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MANNConfig(TrialPPOConfig):
+    controller: str = option("lstm", "controller cell: lstm (Santoro et al.) or gru")
+    controller_size: int = option(128, "controller hidden units")
+    memory_slots: int = option(16, "memory slots N (Santoro et al.: 128)")
+    memory_width: int = option(16, "slot width W (Santoro et al.: 40)")
+    read_heads: int = option(1, "read heads R (Santoro et al.: 4)")
+    shift_range: int = option(1, "circular shifts -S..S of location addressing (NTM: 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.controller in CONTROLLERS, f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
+        for name in ("controller_size", "memory_slots", "memory_width", "read_heads"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(0 <= self.shift_range and 2 * self.shift_range + 1 <= self.memory_slots,
+                f"shift_range must be in [0, (memory_slots - 1) / 2] = [0, {(self.memory_slots - 1) // 2}], "
+                f"got {self.shift_range}; lower it or add memory slots")
+
+
+class NTMCore(nn.Module):
+    """Controller + external memory; the whole state in one flat tensor ``[B, S]``.
+
+    State layout: controller ``h`` (and ``c`` for an LSTM), read vectors ``[R, W]``, read weights
+    ``[R, N]``, write weights ``[N]``, memory ``[N, W]``.
+    """
+
+    def __init__(self, input_size: int, config: MANNConfig) -> None:
+        super().__init__()
+        c = config
+        self.n, self.w, self.r, self.hidden = c.memory_slots, c.memory_width, c.read_heads, c.controller_size
+        self.shifts = 2 * c.shift_range + 1
+        self.lstm = c.controller == "lstm"
+        cell_in = input_size + self.r * self.w
+        self.cell: nn.Module = nn.LSTMCell(cell_in, self.hidden) if self.lstm else nn.GRUCell(cell_in, self.hidden)
+        self.per_head = self.w + 3 + self.shifts  # key, strength, gate, gamma, shift
+        self.read_params = nn.Linear(self.hidden, self.r * self.per_head)
+        self.write_params = nn.Linear(self.hidden, self.per_head + 2 * self.w)  # + erase, add
+        self.sizes = [self.hidden * (2 if self.lstm else 1), self.r * self.w, self.r * self.n, self.n,
+                      self.n * self.w]
+        self.state_size = sum(self.sizes)
+        self.output_size = self.hidden + self.r * self.w
+
+    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Flat ``[B, S]`` -> controller state, reads ``[B, R, W]``, read weights ``[B, R, N]``, write weights
+        ``[B, 1, N]``, memory ``[B, N, W]``."""
+        ctrl, reads, w_read, w_write, memory = torch.split(state, self.sizes, dim=-1)
+        b = state.shape[0]
+        return (ctrl, reads.reshape(b, self.r, self.w), w_read.reshape(b, self.r, self.n),
+                w_write.reshape(b, 1, self.n), memory.reshape(b, self.n, self.w))
+
+    def pack(self, ctrl: torch.Tensor, reads: torch.Tensor, w_read: torch.Tensor, w_write: torch.Tensor,
+             memory: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t.flatten(1) for t in (ctrl, reads, w_read, w_write, memory)], dim=-1)
+
+    def initial_state(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """Cleared memory: zeros, with every head's previous weighting one-hot on slot 0."""
+        dtype = self.read_params.weight.dtype
+        onehot = torch.zeros(batch, 1, self.n, device=device, dtype=dtype)
+        onehot[..., 0] = 1.0
+        return self.pack(torch.zeros(batch, self.sizes[0], device=device, dtype=dtype),
+                         torch.zeros(batch, self.r, self.w, device=device, dtype=dtype),
+                         onehot.expand(batch, self.r, self.n), onehot,
+                         torch.zeros(batch, self.n, self.w, device=device, dtype=dtype))
+
+    def _head(self, p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Raw head parameters ``[B, H, per_head]`` -> key, beta >= 0, g in (0, 1), shift distribution, gamma >= 1."""
+        key, strength, gate, gamma, shift = torch.split(p, [self.w, 1, 1, 1, self.shifts], dim=-1)
+        return (key, F.softplus(strength.squeeze(-1)), torch.sigmoid(gate.squeeze(-1)), torch.softmax(shift, dim=-1),
+                1.0 + F.softplus(gamma.squeeze(-1)))
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctrl, reads, w_read, w_write, memory = self.unpack(state)
+        b = x.shape[0]
+        cell_in = torch.cat([x, reads.flatten(1)], dim=-1)
+        if self.lstm:
+            h, c = self.cell(cell_in, tuple(ctrl.chunk(2, dim=-1)))
+            new_ctrl = torch.cat([h, c], dim=-1)
+        else:
+            h = self.cell(cell_in, ctrl)
+            new_ctrl = h
+        wp = self.write_params(h)
+        key, beta, gate, shift, gamma = self._head(wp[:, None, :self.per_head])
+        w_write = address(key, beta, gate, shift, gamma, w_write, memory)
+        erase = torch.sigmoid(wp[:, self.per_head:self.per_head + self.w])
+        add = torch.tanh(wp[:, self.per_head + self.w:])
+        memory = write_memory(memory, w_write[:, 0], erase, add)
+        key, beta, gate, shift, gamma = self._head(self.read_params(h).reshape(b, self.r, self.per_head))
+        w_read = address(key, beta, gate, shift, gamma, w_read, memory)
+        reads = read_memory(memory, w_read)
+        return torch.cat([h, reads.flatten(1)], dim=-1), self.pack(new_ctrl, reads, w_read, w_write, memory)
+
+    def unroll(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return unroll_by_steps(self.step, x, state)
+
+
+class MANNAgent(TrialPPOLearner):
+    """A controller with an NTM-style external memory, cleared per trial, trained with PPO over trials."""
+
+    def __init__(self, envs: TaskEnvs, config: MANNConfig, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        super().__init__(envs, config, lambda d: NTMCore(d, config), seed, device)
+
+
+__all__ = ["MANNAgent", "MANNConfig", "NTMCore", "address", "circular_shift", "content_weights", "cosine_similarity",
+           "interpolate", "read_memory", "sharpen", "write_memory"]

@@ -1,0 +1,95 @@
+"""RL²: fast reinforcement learning via slow reinforcement learning (Duan et al. 2016).
+
+Duan, Schulman, Chen, Bartlett, Sutskever, Abbeel (2016), "RL²: Fast Reinforcement Learning via
+Slow Reinforcement Learning", arXiv:1611.02779.
+
+The "fast" learner is the hidden state of a recurrent policy; the "slow" learner is the RL
+algorithm that trains its weights. A trial is ``n`` episodes of one task ``M ~ rho``; the GRU's hidden
+state ``h`` persists across the episode boundaries inside a trial and is reset to 0 at the start of
+a trial (sec. 2.2, fig. 1). At every step the GRU reads the observation, the previous action, reward
+and episode-done flag (:func:`metarl.trials.memory_inputs`)::
+
+    x_t = [s_t, a_{t-1}, r_{t-1}, d_{t-1}],      h_t = GRU(x_t, h_{t-1}),  h_{-1} = 0,
+    pi_theta(a_t | h_t) = softmax(W_pi h_t + b_pi)  (or N(W_pi h_t + b_pi, diag(sigma)^2) for Box actions),
+    V_theta(h_t) = w_V^T h_t + b_V.
+
+Objective: the expected total discounted reward of a whole trial, over tasks,
+``max_theta E_{M ~ rho} E_{tau ~ pi_theta, M}[ sum_{t=0}^{T_trial} gamma^t r_t ]``: the policy is rewarded for
+exploring in early episodes when that pays off in later ones. It is optimised with PPO's clipped
+surrogate (the paper uses TRPO) and GAE over the whole trial: ``delta_t = r_t + gamma V(h_{t+1}) - V(h_t)``
+continues across episode ends, the trial's last step is terminal (:func:`metarl.recurrent.trial_advantages`),
+and ``L = -E[min(r A, clip(r, 1 - eps, 1 + eps) A)] + c_V E[(V - R)^2] - c_H H[pi]`` over the real
+steps, each minibatch of trials unrolled from the hidden states stored at rollout time
+(:func:`metarl.recurrent.recurrent_ppo_update`).
+
+Choices where codebases differ, and ours:
+
+- Outer optimiser: PPO with Adam (as garage's ``RL2PPO`` and most reimplementations), not the paper's
+  TRPO; the paper's hyperparameters kept where they carry over: gamma = 0.99, GAE lambda = 0.3 on
+  bandits (sec. 4.1 / appendix), one GRU layer.
+- GRU size: the paper uses 256 units; ``hidden_size`` is configurable (the benchmarks record what they use).
+- Shared GRU for policy and value (one core, two linear heads), as the paper's single recurrent network
+  with a value head; garage trains a separate baseline.
+- Trial end: terminal for the value target (the objective stops there); episode ends inside the trial
+  are not (the paper's "the hidden state is not reset between episodes"). Episodes are separated for the
+  network only by the done flag in the input.
+- Bandits: one trial = one env episode of ``n`` pulls (``metarl/Bandit-v0``, ``episodes_per_trial=1``), as
+  in the paper, where a bandit trial is ``n`` pulls.
+- Evaluation (``adapt``): a trial of ``budget + 1`` episodes on the new task with sampled actions;
+  ``stage_returns[k]`` is the return of episode ``k + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metarl.config import option, require
+from metarl.recurrent import TrialPPOConfig, TrialPPOLearner
+from metarl.rollout import TaskEnvs
+
+
+@dataclass(frozen=True)
+class RL2Config(TrialPPOConfig):
+    hidden_size: int = option(128, "GRU units (RL² paper: 256)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.hidden_size >= 1, f"hidden_size must be >= 1 GRU unit, got {self.hidden_size}")
+
+
+class GRUCore(nn.Module):
+    """``h_t = GRU(x_t, h_{t-1})``; the state and the output are ``h`` (``[B, hidden_size]``).
+
+    ``unroll`` is one ``torch.nn.GRU`` call over the whole sequence; ``step`` is the same module on a
+    sequence of length 1, so rollout and update compute the same recurrence.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_size, hidden_size)
+        self.state_size = self.output_size = hidden_size
+
+    def initial_state(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        weight = next(self.gru.parameters())
+        return torch.zeros(batch, self.state_size, device=device, dtype=weight.dtype)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.gru(x[None], state[None].contiguous())
+        return out[0], h[0]
+
+    def unroll(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.gru(x, state[None].contiguous())
+        return out, h[0]
+
+
+class RL2Agent(TrialPPOLearner):
+    """RL²: a GRU policy whose hidden state carries what it learned about the task through a trial."""
+
+    def __init__(self, envs: TaskEnvs, config: RL2Config, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        super().__init__(envs, config, lambda d: GRUCore(d, config.hidden_size), seed, device)
+
+
+__all__ = ["GRUCore", "RL2Agent", "RL2Config"]

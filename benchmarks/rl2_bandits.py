@@ -1,0 +1,190 @@
+"""RL² and MANN on Bernoulli bandits (RL², Duan et al. 2016, Table 1), next to the Gittins index.
+
+Setup (the bandit section of ``docs/BENCHMARKS.md``): ``k`` arms with ``p_i ~ U[0, 1]``, one trial = ``n``
+pulls of one bandit (``metarl/Bandit-v0`` with ``n_pulls = n``; a trial is one env episode). The agent
+(``agents/rl2.py`` or ``agents/mann.py``) is meta-trained on *train* bandits through ``metarl.training.train``,
+then evaluated on the 1000 *test* bandits of ``benchmarks/bandit_baselines.py``
+(``BanditEnv(n_arms=k).sample_tasks(1000, default_rng(0), split="test")``) with the same reward stream
+(reward seed 0: bandit ``b``'s pull ``t`` pays ``uniform(key(b), t) < p``), so the agent and the classical
+strategies of :mod:`metarl.bandits` face identical bandits and identical reward draws. Reported: mean ±
+95% CI over the 1000 bandits of the total reward of one trial (actions sampled from the policy), the
+Gittins index (discount ``1 - 1/n``) and UCB1 / Thompson / greedy on the same bandits, and the paired
+difference agent − Gittins per bandit with its 95% CI (the test of "at or above Gittins").
+
+Run (one agent and setting per call; each call merges its entry into the results file)::
+
+    python benchmarks/rl2_bandits.py --agent rl2 --n 100 --k 5 --iterations 600
+    python benchmarks/rl2_bandits.py --quick          # seconds: a tiny run into a temporary file
+
+The training budget is what fits on 2 shared CPU cores; the paper trained far longer (TRPO, 250k
+steps per iteration). Every entry records its iterations, env steps, wall time and training curve,
+and says ``"reduced": true`` when it is below the paper's budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.bandits import UCB1, Gittins, Greedy, Thompson, play
+from metarl.cli import _algorithms, _parse_env_kwargs, build_learner
+from metarl.config import config_from_dict, config_to_dict
+from metarl.envs.bandit import BanditEnv
+from metarl.provenance import write_results
+from metarl.stats import mean_ci95
+from metarl.training import TrainConfig, train
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rl2_bandits.json"
+PAPER = {(10, 5): {"rl2": 6.7, "gittins": 6.6}, (100, 5): {"rl2": 78.7, "gittins": 78.3},
+         (100, 10): {"rl2": 83.5, "gittins": 82.8}}
+PAPER_STEPS = "TRPO, 250k env steps per iteration (RL² appendix); the paper does not state the iteration count"
+
+
+def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_config: dict[str, Any],
+                         iterations: int, seed: int, eval_every: int, eval_tasks: int,
+                         eval_budget: int) -> tuple[Any, Any, list[dict[str, float]], float]:
+    """Meta-train ``algo`` through the shared training loop (in a temporary run folder).
+
+    Returns the learner, its ``TaskEnvs``, the per-iteration metrics and the training wall time.
+    """
+    learner, envs = build_learner(algo, env, env_kwargs, algo_config, seed, "cpu")
+    curve: list[dict[str, float]] = []
+
+    def record(iteration: int, metrics: dict[str, float]) -> None:
+        curve.append({"iteration": iteration, **{k: float(v) for k, v in metrics.items()}})
+        if iteration % 10 == 0 or "meta/pre_adapt_return" in metrics:
+            shown = {k.split("/")[-1]: round(v, 3) for k, v in metrics.items()
+                     if k in ("rollout/return_mean", "meta/pre_adapt_return", "meta/post_adapt_return",
+                              "train/entropy", "time/iteration_s")}
+            print(f"[{algo} {env}] iteration {iteration}/{iterations} {shown}", file=sys.stderr, flush=True)
+
+    config = TrainConfig(iterations=iterations, seed=seed, eval_every=eval_every, eval_tasks=eval_tasks,
+                         eval_budget=eval_budget, checkpoint_every=max(iterations, 1))
+    info = {"algo": algo, "algo_config": algo_config, "env": env, "env_kwargs": env_kwargs}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as run:
+        train(learner, envs, run, config, info, progress=False, on_iteration=record)
+    return learner, envs, curve, time.perf_counter() - t0
+
+
+def compact_curve(curve: list[dict[str, float]], keys: tuple[str, ...]) -> list[dict[str, float]]:
+    """The named metrics of every iteration (the results file keeps the training curve, not every metric)."""
+    return [{k: row[k] for k in ("iteration", *keys) if k in row} for row in curve]
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
+    return mean_ci95(a - b).to_dict()
+
+
+def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: int, n_test: int,
+                overrides: dict[str, Any]) -> dict[str, Any]:
+    config = config_from_dict(_algorithms()[agent][0], {"episodes_per_trial": 1, **overrides})
+    env_kwargs = {"n_arms": n_arms, "n_pulls": n_pulls}
+    learner, envs, curve, wall = train_memory_learner(agent, "metarl/Bandit-v0", env_kwargs,
+                                                      config_to_dict(config), iterations, seed,
+                                                      eval_every=max(iterations // 20, 1), eval_tasks=200,
+                                                      eval_budget=0)
+    tasks = BanditEnv(n_arms=n_arms).sample_tasks(n_test, np.random.default_rng(0), split="test")
+    probs = np.array([t.probs for t in tasks])
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    ours = learner.adapt_many(tasks, 0, seed=0, episodes_per_step=1).stage_returns[:, 0]
+    eval_s = time.perf_counter() - t0
+    classical = {"gittins": Gittins(), "ucb1": UCB1(c=0.2), "thompson": Thompson(), "greedy": Greedy(tie_break="first")}
+    totals = {name: play(s, probs, n_pulls, seed=0).total_reward for name, s in classical.items()}
+    env_steps = sum(row.get("rollout/env_steps", 0.0) for row in curve)
+    return {
+        "agent": agent, "n_pulls": n_pulls, "n_arms": n_arms,
+        "config": config_to_dict(config), "iterations": iterations, "train_env_steps": env_steps,
+        "train_wall_time_s": wall, "eval_wall_time_s": eval_s,
+        "env_steps_per_s": env_steps / max(wall, 1e-9),
+        "reduced": True, "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared CPU "
+                                         f"cores; paper: {PAPER_STEPS}",
+        "test": {"n_bandits": n_test, "split": "test", "task_seed": 0, "reward_seed": 0},
+        "result": mean_ci95(ours).to_dict(),
+        "baselines": {name: mean_ci95(v).to_dict() for name, v in totals.items()},
+        "minus_gittins": _paired(ours, totals["gittins"]),
+        "at_or_above_gittins": bool(ours.mean() >= totals["gittins"].mean()),
+        "paper": PAPER.get((n_pulls, n_arms), {}),
+        "best_arm_total": float(n_pulls * probs.max(axis=1).mean()),
+        "curve": compact_curve(curve, ("rollout/return_mean", "meta/pre_adapt_return", "train/entropy",
+                                       "train/entropy_coef", "time/iteration_s")),
+    }
+
+
+def readme_table(d: dict[str, Any]) -> str:
+    """The README table of ``rl2_bandits.json``: one row per (agent, setting)."""
+    lines = ["| n, k | agent | total reward | Gittins (same bandits) | agent − Gittins (paired) | UCB1 | Thompson | "
+             "paper RL² / Gittins | iterations, env steps | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in sorted(d["entries"].values(), key=lambda e: (-e["n_pulls"], e["n_arms"], e["agent"])):
+        r, g, diff, b = e["result"], e["baselines"]["gittins"], e["minus_gittins"], e["baselines"]
+        paper = e["paper"]
+        paper_s = f"{paper['rl2']:.1f} / {paper['gittins']:.1f}" if paper else ""
+        lines.append(
+            f"| {e['n_pulls']}, {e['n_arms']} | {e['agent'].upper()} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
+            f"{g['mean']:.1f} ± {g['ci95']:.1f} | {diff['mean']:+.1f} ± {diff['ci95']:.1f} | "
+            f"{b['ucb1']['mean']:.1f} | {b['thompson']['mean']:.1f} | {paper_s} | "
+            f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def merge_entry(path: Path, key: str, entry: dict[str, Any], setup: dict[str, Any], wall: float) -> dict[str, Any]:
+    """Add ``entry`` under ``key`` to the results file (other entries are kept) and write it."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    entries = dict(old.get("entries", {}))
+    entries[key] = {**entry, "provenance": None}
+    payload = {"benchmark": path.stem, "setup": setup, "entries": entries}
+    write_results(path, payload, wall_time_s=wall)
+    # Each entry keeps the provenance of the run that produced it (the file's is the last run's).
+    final = json.loads(path.read_text())
+    final["entries"][key]["provenance"] = final["provenance"]
+    for k, v in old.get("entries", {}).items():
+        if k != key:
+            final["entries"][k]["provenance"] = v.get("provenance")
+    path.write_text(json.dumps(final, indent=2) + "\n")
+    return final
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agent", choices=("rl2", "mann"), default="rl2")
+    parser.add_argument("--n", type=int, default=100, help="pulls per trial")
+    parser.add_argument("--k", type=int, default=5, help="arms")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value")
+    parser.add_argument("--quick", action="store_true", help="3 iterations, 50 test bandits, temporary output")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides = _parse_env_kwargs(args.set)  # NAME=VALUE pairs, JSON values
+    iterations, n_test = args.iterations, 1000
+    out = args.out or RESULTS
+    if args.quick:
+        iterations, n_test = 3, 50
+        overrides = {"meta_batch_size": 8, "hidden_size": 8, **overrides}
+        if args.out is None:
+            out = Path(tempfile.mkdtemp()) / "rl2_bandits.json"
+    t0 = time.perf_counter()
+    entry = run_setting(args.agent, args.n, args.k, iterations, args.seed, n_test, overrides)
+    entry["quick"] = args.quick
+    setup = {"source": "RL² (Duan et al. 2016) Table 1", "env": "metarl/Bandit-v0",
+             "metric": "total reward of one trial of n pulls, mean ± 95% CI over test bandits",
+             "reference": "benchmarks/bandit_baselines.py (same test bandits and reward stream)"}
+    final = merge_entry(out, f"{args.agent}_n{args.n}_k{args.k}", entry, setup, time.perf_counter() - t0)
+    print(readme_table(final))
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""Recurrent PPO over whole trials: the machinery RL² and MANN share.
+
+A memory-based learner (``agents/rl2.py``, ``agents/mann.py``) is a *memory core* (a GRU, or a
+controller with an external memory) inside :class:`RecurrentActorCritic`, which adds the policy and
+value heads on the core's output. Experience comes in trials (:mod:`metarl.trials`); the update is PPO
+(Schulman et al. 2017) over whole trials, or truncated BPTT over chunks of a trial:
+
+- **Credit assignment over the trial** (:func:`trial_advantages`). The sequence being optimised is the
+  whole trial (Duan et al. 2016, sec. 2.2: the RL² objective is the expected total discounted reward of
+  the trial, across episode boundaries). GAE (Schulman et al. 2016) runs over the trial's steps as one
+  sequence: ``delta_t = r_t + gamma V(x_{t+1}) - V(x_t)`` with ``x_{t+1}`` the next step *of the trial*,
+  the first step of the next episode after an episode end (an episode's termination is not a terminal
+  state of the trial); ``A_t = delta_t + gamma lambda A_{t+1}``. The trial's last step is terminal
+  (``V = 0`` after it): the objective ends with the trial and the memory is cleared after it. (STYLE.md
+  lists "end of a trial" among the truncations that bootstrap, meaning a rollout cut inside a
+  trial; our rollouts always run trials to their end.)
+- **The same sequence in the update** (:func:`recurrent_ppo_update`). The rollout stored the memory
+  inputs and the state at the start of every chunk; each minibatch of (trial, chunk) columns is
+  unrolled from those stored states over the stored inputs, which reproduces the rollout's
+  log-probabilities and values exactly before the first gradient step (tested), and PPO's clipped
+  surrogate (:func:`metarl.ppo.clipped_surrogate_loss`), value loss and entropy bonus are taken over
+  the real steps: ``L = L_clip + c_V L_V - c_H H``.
+
+Batched throughout: the rollout steps every trial of a meta-batch in one env call, and the update
+unrolls a minibatch of trials in one call of the core (for a GRU one ``torch.nn.GRU`` call); there is
+no Python loop over trials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from metarl.config import option, require
+from metarl.learner import AdaptationResult, AdaptedPolicy
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, encode_obs, to_env_actions
+from metarl.ppo import clipped_surrogate_loss, value_loss
+from metarl.returns import gae, normalize
+from metarl.rollout import TaskEnvs, episode_horizon
+from metarl.trials import (
+    TrialBatch,
+    action_input_dim,
+    collect_trials,
+    encode_action,
+    memory_input_dim,
+    memory_inputs,
+)
+from metarl.types import Task
+
+
+class MemoryCore(Protocol):
+    """A recurrent core with a flat state ``[B, S]`` (all of its memory in one tensor).
+
+    ``step(x [B, D], state [B, S]) -> (out [B, H], state [B, S])``; ``unroll(x [T, B, D], state [B, S])
+    -> (out [T, B, H], final state [B, S])`` must equal ``T`` calls of ``step``.
+    """
+
+    state_size: int
+    output_size: int
+
+    def initial_state(self, batch: int, device: torch.device | str) -> torch.Tensor: ...
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def unroll(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def unroll_by_steps(step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                    x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T`` applications of ``step`` over ``x [T, B, D]``: outputs ``[T, B, H]`` and the final state."""
+    outs = []
+    for t in range(x.shape[0]):
+        out, state = step(x[t], state)
+        outs.append(out)
+    return torch.stack(outs), state
+
+
+class RecurrentActorCritic(nn.Module):
+    """Policy and value heads on a memory core: ``pi(a | h_t)`` and ``V(h_t)``, ``h_t = core(x_0..x_t)``.
+
+    Discrete actions: categorical logits from a linear head. Box actions: a Gaussian with a linear
+    mean (normalised units, see :func:`metarl.policies.to_env_actions`) and a learned,
+    state-independent log standard deviation, like :class:`metarl.policies.GaussianMLPPolicy`. The
+    policy head starts at weights x 0.01 (near-uniform / near-zero-mean actions; Andrychowicz et al.
+    2021, "What matters in on-policy RL", sec. 3.2).
+
+    ``time_scale > 0`` makes the value head time-aware: ``V(h_t, t / time_scale)`` with ``t`` the step index
+    in the trial (Pardo et al. 2018, "Time Limits in Reinforcement Learning": in a fixed-length trial the
+    value depends on the time left, which a GRU would have to learn to count). Only the value reads it;
+    the policy's inputs stay RL²'s.
+    """
+
+    def __init__(self, core: nn.Module, observation_space: gymnasium.Space, action_space: gymnasium.Space,
+                 init_std: float = 1.0, time_scale: float = 0.0) -> None:
+        super().__init__()
+        self.input_size = memory_input_dim(observation_space, action_space)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.core = core
+        self.discrete = isinstance(action_space, gymnasium.spaces.Discrete)
+        width = action_input_dim(action_space)
+        h = int(core.output_size)  # type: ignore[arg-type]
+        self.pi = nn.Linear(h, width)
+        with torch.no_grad():
+            self.pi.weight.mul_(0.01)
+            self.pi.bias.zero_()
+        self.log_std = None if self.discrete else nn.Parameter(torch.full((width,), math.log(init_std)))
+        self.time_scale = float(time_scale)
+        self.v = nn.Linear(h + (1 if self.time_scale > 0 else 0), 1)
+
+    def _device(self) -> torch.device:
+        return self.v.weight.device
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The cleared memory of ``batch`` trials ``[batch, S]``."""
+        return self.core.initial_state(batch, self._device())  # type: ignore[operator]
+
+    def heads(self, out: torch.Tensor, time: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+        """Core outputs ``[..., H]`` and step indices ``[...]`` -> action distribution (batch shape ``[...]``)
+        and values ``[...]``."""
+        if self.log_std is None:
+            dist = CategoricalMLPPolicy.make_distribution(self.pi(out))
+        else:
+            mean = self.pi(out)
+            dist = GaussianMLPPolicy.make_distribution((mean, self.log_std.expand_as(mean)))
+        v_in = out if self.time_scale <= 0 else torch.cat([out, (time.to(out.dtype) / self.time_scale)[..., None]], -1)
+        return dist, self.v(v_in).squeeze(-1)
+
+    def step(self, inputs: torch.Tensor, state: torch.Tensor,
+             time: torch.Tensor) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
+        out, state = self.core.step(inputs, state)  # type: ignore[operator]
+        dist, values = self.heads(out, time)
+        return dist, values, state
+
+    def evaluate(self, inputs: torch.Tensor, state: torch.Tensor,
+                 time: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
+        """Unroll ``inputs [T, B, D_in]`` from ``state [B, S]``: distribution ``[T, B]``, values ``[T, B]`` and
+        the final state. ``time [T, B]``: step indices in the trial (default ``0 ... T - 1``)."""
+        out, final = self.core.unroll(inputs, state)  # type: ignore[operator]
+        if time is None:
+            time = torch.arange(inputs.shape[0], device=inputs.device)[:, None].expand(inputs.shape[:2])
+        dist, values = self.heads(out, time)
+        return dist, values, final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The math over trials. Shapes: T rows, B trials, C chunks of L rows.
+
+
+def trial_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                     lam: float) -> torch.Tensor:
+    """GAE(gamma, lambda) over each whole trial ``[T, B]``; the trial's last real step is terminal.
+
+    Episode ends inside a trial are ignored: ``V(x_{t+1})`` is the value of the trial's next step.
+    Padding (``mask == 0``) gets advantage 0.
+    """
+    real = mask > 0
+    trial_end = real & ~torch.cat([real[1:], torch.zeros_like(real[:1])])
+    end = (trial_end | ~real).to(rewards.dtype)
+    next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
+    return gae(rewards, values, next_values, end, end, gamma, lam) * mask
+
+
+def to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``[T, B, ...] -> [L, C * B, ...]`` with ``L = chunk``, ``C = ceil(T / L)``, zero padded; column
+    ``c * B + b`` is rows ``c L ... c L + L - 1`` of trial ``b``."""
+    t, b = x.shape[:2]
+    c = math.ceil(t / chunk)
+    if c * chunk > t:
+        x = torch.cat([x, x.new_zeros((c * chunk - t, *x.shape[1:]))])
+    return x.reshape(c, chunk, b, *x.shape[2:]).transpose(0, 1).reshape(chunk, c * b, *x.shape[2:])
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """The knobs of one recurrent PPO update (read from a learner's config)."""
+
+    epochs: int
+    minibatches: int
+    clip: float
+    value_coef: float
+    entropy_coef: float
+    max_grad_norm: float
+    gamma: float
+    gae_lambda: float
+
+
+def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, batch: TrialBatch,
+                         s: PPOSettings) -> dict[str, float]:
+    """PPO epochs over minibatches of (trial, chunk) columns, each unrolled from its stored state."""
+    adv = trial_advantages(batch.rewards, batch.values, batch.mask, s.gamma, s.gae_lambda)
+    returns = (adv + batch.values) * batch.mask
+    adv = normalize(adv, batch.mask)
+    t, b = batch.rewards.shape
+    time = torch.arange(t, device=adv.device)[:, None].expand(t, b)
+    cols = {"inputs": batch.inputs, "actions": batch.actions, "log_probs": batch.log_probs, "adv": adv,
+            "returns": returns, "mask": batch.mask, "time": time}
+    data = {k: to_chunks(v, batch.chunk) for k, v in cols.items()}
+    states = batch.initial_states.reshape(-1, batch.initial_states.shape[-1])  # [C * B, S], chunk-major
+    keep = (data["mask"].sum(0) > 0).nonzero(as_tuple=True)[0]  # chunks past a short trial's end hold nothing
+    n_cols = int(keep.numel())
+    stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
+                                                   "approx_kl")}
+    for _ in range(s.epochs):
+        perm = keep[torch.randperm(n_cols, device=keep.device)]
+        for idx in perm.chunk(min(s.minibatches, n_cols)):
+            m = data["mask"][:, idx]
+            dist, values, _ = model.evaluate(data["inputs"][:, idx], states[idx], data["time"][:, idx])
+            terms = clipped_surrogate_loss(dist.log_prob(data["actions"][:, idx]), data["log_probs"][:, idx],
+                                           data["adv"][:, idx], s.clip, m)
+            v_loss = value_loss(values, data["returns"][:, idx], m)
+            entropy = (dist.entropy() * m).sum() / m.sum().clamp(min=1.0)
+            loss = terms.loss + s.value_coef * v_loss - s.entropy_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            if s.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            optimizer.step()
+            for k, v in (("loss", loss), ("policy_loss", terms.loss), ("value_loss", v_loss), ("entropy", entropy),
+                         ("clip_fraction", terms.clip_fraction), ("approx_kl", terms.approx_kl)):
+                stats[k].append(float(v.item()))
+    return {f"train/{k}": float(np.mean(v)) for k, v in stats.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configuration and the learner shared by RL² and MANN
+
+
+@dataclass(frozen=True)
+class TrialPPOConfig:
+    """Trials and recurrent PPO; RL²'s and MANN's configs add their memory's size to these fields."""
+
+    meta_batch_size: int = option(64, "trials (one task each) per training iteration")
+    trials_per_task: int = option(1, "trials per task per iteration (columns = meta_batch_size * trials_per_task)")
+    episodes_per_trial: int = option(2, "episodes n per trial (RL² bandits: 1 episode of n pulls; tabular: 10)")
+    bptt_chunk: int = option(0, "rows per truncated-BPTT chunk (0: backpropagate through whole trials)")
+    gamma: float = option(0.99, "discount over the trial (RL² paper: 0.99)")
+    gae_lambda: float = option(0.3, "GAE lambda over the trial (RL² paper, bandits: 0.3)")
+    lr: float = option(1e-3, "Adam learning rate")
+    ppo_epochs: int = option(4, "passes over each batch of trials")
+    minibatches: int = option(4, "minibatches (of whole trials or chunks) per pass")
+    clip: float = option(0.2, "PPO clipping range epsilon")
+    value_coef: float = option(0.5, "value-loss coefficient c_V")
+    entropy_coef: float = option(0.01, "entropy bonus c_H at iteration 0")
+    entropy_coef_final: float = option(0.01, "entropy bonus after entropy_decay_iterations (linear in between)")
+    entropy_decay_iterations: int = option(0, "iterations over which c_H decays to entropy_coef_final (0: constant)")
+    max_grad_norm: float = option(0.5, "gradient-norm clipping (0 disables)")
+    reward_scale: float = option(1.0, "factor on the previous reward in the memory input (the loss uses raw rewards)")
+    init_std: float = option(1.0, "initial std of Gaussian actions, in normalised units")
+    time_aware_value: bool = option(True, "the value head also reads t / trial length (Pardo et al. 2018); the "
+                                          "policy never sees it")
+    adapt_trials: int = option(1, "trials per task at evaluation when the caller gives none")
+
+    def __post_init__(self) -> None:
+        for name in ("meta_batch_size", "trials_per_task", "episodes_per_trial", "ppo_epochs", "minibatches",
+                     "adapt_trials"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self.bptt_chunk >= 0, f"bptt_chunk must be >= 0 rows (0: whole trials), got {self.bptt_chunk}")
+        require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
+        require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        for name in ("lr", "clip", "init_std", "reward_scale"):
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations", "max_grad_norm"):
+            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def entropy_at(self, iteration: int) -> float:
+        """``c_H`` of ``iteration``: linear from ``entropy_coef`` to ``entropy_coef_final``."""
+        if self.entropy_decay_iterations == 0:
+            return self.entropy_coef
+        frac = min(iteration / self.entropy_decay_iterations, 1.0)
+        return self.entropy_coef + frac * (self.entropy_coef_final - self.entropy_coef)
+
+    def ppo_settings(self, iteration: int) -> PPOSettings:
+        return PPOSettings(self.ppo_epochs, self.minibatches, self.clip, self.value_coef, self.entropy_at(iteration),
+                           self.max_grad_norm, self.gamma, self.gae_lambda)
+
+
+@dataclass
+class AdaptedMemoryPolicy(AdaptedPolicy):
+    """A memory learner adapted to one task: its memory state after the adaptation trial.
+
+    ``act(obs, reward=r, done=d)`` continues the trial: ``r`` is the reward of this policy's previous
+    action and ``d`` whether that step ended an episode (both are memory inputs). The first call after
+    adaptation may omit them (the trial's last step is stored).
+    """
+
+    state: torch.Tensor | None = None
+    prev_action: torch.Tensor | None = None
+    prev_reward: float = 0.0
+    prev_done: bool = True
+    reward_scale: float = 1.0
+    steps: int = 0
+    _fresh: bool = True
+
+    def act(self, obs: np.ndarray, deterministic: bool = False, reward: float | None = None,
+            done: bool | None = None) -> np.ndarray:
+        """The action for one observation; advances the memory by one step."""
+        if np.asarray(obs).shape != self.observation_space.shape:
+            raise ValueError(f"a memory policy acts on one observation of shape {self.observation_space.shape} at a "
+                             f"time (its memory belongs to one task), got shape {np.asarray(obs).shape}")
+        if reward is None and not self._fresh:
+            raise ValueError("pass reward= (the reward of the previous action) and done= to keep the memory "
+                             "adapting; only the first call after adapt() may omit them")
+        model = self.policy
+        assert isinstance(model, RecurrentActorCritic) and self.state is not None and self.prev_action is not None
+        r = self.prev_reward if reward is None else float(reward)
+        d = self.prev_done if done is None else bool(done)
+        x = memory_inputs(encode_obs(np.asarray(obs)[None], self.observation_space, self.device), self.prev_action,
+                          torch.tensor([r * self.reward_scale], device=self.device),
+                          torch.tensor([d], device=self.device))
+        with torch.no_grad():
+            dist, _, self.state = model.step(x, self.state, torch.tensor([self.steps], device=self.device))
+            self.steps += 1
+            if deterministic:
+                a = dist.probs.argmax(-1) if model.discrete else dist.mean  # type: ignore[attr-defined]
+            else:
+                a = dist.sample()
+        self.prev_action = encode_action(a, self.action_space)
+        self._fresh = False
+        return to_env_actions(a, self.action_space)[0]
+
+
+class TrialPPOLearner:
+    """A memory core trained with PPO over trials; adapts by running a trial through its memory.
+
+    ``make_core(input_size)`` builds the core (``agents/rl2.py``: a GRU; ``agents/mann.py``: a
+    controller with an external memory). ``adapt_many(tasks, budget, seed, episodes_per_step)`` runs
+    ``episodes_per_step`` trials of ``budget + 1`` episodes per task; ``stage_returns[:, k]`` is the
+    mean return of episode ``k + 1`` (memory persisting from episode to episode).
+    """
+
+    stage_unit = "episodes"
+
+    def __init__(self, envs: TaskEnvs, config: TrialPPOConfig, make_core: Callable[[int], nn.Module], seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        own = episode_horizon(envs.env, default=envs.horizon)
+        if envs.horizon < own:
+            raise ValueError(f"trials run whole env episodes, but the TaskEnvs cuts them at max_steps={envs.horizon} "
+                             f"< the env's own horizon {own}; set the episode length on the env instead "
+                             "(e.g. an env keyword such as horizon=...)")
+        self.envs, self.config, self.seed, self.device = envs, config, seed, torch.device(device)
+        torch.manual_seed(seed)
+        core = make_core(memory_input_dim(envs.observation_space, envs.action_space))
+        time_scale = float(config.episodes_per_trial * envs.horizon) if config.time_aware_value else 0.0
+        self.model = RecurrentActorCritic(core, envs.observation_space, envs.action_space, config.init_std, time_scale)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.steps_done = 0
+
+    def collect(self, tasks: Sequence[Task], trials_per_task: int, n_episodes: int, seed: int) -> TrialBatch:
+        venv = self.envs.vector(len(tasks) * trials_per_task)
+        return collect_trials(venv, self.model, tasks, trials_per_task, n_episodes, seed, self.envs.horizon,
+                              self.config.bptt_chunk, self.config.reward_scale, self.device)
+
+    def meta_train_step(self, tasks: Sequence[Task]) -> dict[str, float]:
+        c = self.config
+        batch = self.collect(tasks, c.trials_per_task, c.episodes_per_trial,
+                             seed=self.seed * 1_000_003 + self.steps_done * 7919)
+        metrics = recurrent_ppo_update(self.model, self.optimizer, batch, c.ppo_settings(self.steps_done))
+        self.steps_done += 1
+        per_episode = batch.episode_returns.mean(0)
+        metrics.update({
+            "train/entropy_coef": c.entropy_at(self.steps_done - 1),
+            "rollout/return_mean": float(batch.trial_returns.mean()),
+            "rollout/first_episode_return": float(per_episode[0]),
+            "rollout/last_episode_return": float(per_episode[-1]),
+            "rollout/env_steps": float(batch.num_steps),
+        })
+        return metrics
+
+    def adapt_many(self, tasks: Sequence[Task], budget: int, seed: int,
+                   episodes_per_step: int | None = None) -> AdaptationResult:
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0 (a trial of budget + 1 episodes), got {budget}")
+        e = episodes_per_step or self.config.adapt_trials
+        n = len(tasks)
+        batch = self.collect(tasks, e, budget + 1, seed)
+        stage = batch.episode_returns.reshape(n, e, budget + 1).mean(1).cpu().numpy().astype(np.float64)
+        first = torch.arange(n, device=self.device) * e  # each task's first trial carries on in its policy
+        adapted: list[AdaptedPolicy] = [
+            AdaptedMemoryPolicy(self.model, None, self.envs.observation_space, self.envs.action_space,
+                                stage[i].tolist(), self.device, state=batch.final_states[j:j + 1].clone(),
+                                prev_action=batch.last_action[j:j + 1].clone(),
+                                prev_reward=float(batch.rewards[:, j][batch.mask[:, j] > 0][-1]),
+                                reward_scale=self.config.reward_scale, steps=int(batch.mask[:, j].sum()))
+            for i, j in enumerate(first.tolist())]
+        return AdaptationResult(stage, adapted, stage_unit=self.stage_unit)
+
+    def adapt(self, task: Task, budget: int, seed: int = 0) -> AdaptedPolicy:
+        return self.adapt_many([task], budget, seed).adapted[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "steps_done": self.steps_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps_done = int(state["steps_done"])
+        self.seed = int(state["seed"])
+
+    def to(self, device: torch.device | str) -> TrialPPOLearner:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+
+__all__ = ["AdaptedMemoryPolicy", "MemoryCore", "PPOSettings", "RecurrentActorCritic", "TrialPPOConfig",
+           "TrialPPOLearner", "recurrent_ppo_update", "to_chunks", "trial_advantages", "unroll_by_steps"]

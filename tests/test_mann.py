@@ -1,0 +1,167 @@
+"""MANN: NTM addressing oracle tests, the memory core, and the agent end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metarl.agents.mann import (
+    MANNAgent,
+    MANNConfig,
+    NTMCore,
+    address,
+    circular_shift,
+    content_weights,
+    cosine_similarity,
+    interpolate,
+    read_memory,
+    sharpen,
+    write_memory,
+)
+from metarl.cli import main
+from metarl.recurrent import unroll_by_steps
+from metarl.rollout import TaskEnvs
+from metarl.trials import collect_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_content_weights_are_a_softmax_of_cosine_similarity_times_strength() -> None:
+    memory = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]]])  # slots along +x, +y, -x
+    key = torch.tensor([[[2.0, 0.0]]])
+    cos = cosine_similarity(key, memory)
+    torch.testing.assert_close(cos, torch.tensor([[[1.0, 0.0, -1.0]]]))
+    w = content_weights(key, torch.tensor([[2.0]]), memory)
+    e = [math.exp(2.0), 1.0, math.exp(-2.0)]
+    torch.testing.assert_close(w, torch.tensor([[[v / sum(e) for v in e]]]))
+    # strength 0: uniform, whatever the key
+    torch.testing.assert_close(content_weights(key, torch.tensor([[0.0]]), memory), torch.full((1, 1, 3), 1 / 3))
+    # a zero (cleared) memory: every slot is equally similar
+    torch.testing.assert_close(content_weights(key, torch.tensor([[5.0]]), torch.zeros(1, 3, 2)),
+                               torch.full((1, 1, 3), 1 / 3))
+
+
+def test_interpolation_gate() -> None:
+    wc, prev = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]]])
+    torch.testing.assert_close(interpolate(wc, prev, torch.tensor([[0.25]])), torch.tensor([[[0.25, 0.75]]]))
+
+
+def test_circular_shift_by_hand_and_keeps_a_distribution() -> None:
+    w = torch.tensor([[[0.7, 0.2, 0.1, 0.0]]])
+    # offsets -1, 0, +1: all mass on +1 moves every weight one slot forward (cyclically)
+    forward, backward = torch.tensor([[[0.0, 0.0, 1.0]]]), torch.tensor([[[1.0, 0.0, 0.0]]])
+    torch.testing.assert_close(circular_shift(w, forward), torch.tensor([[[0.0, 0.7, 0.2, 0.1]]]))
+    torch.testing.assert_close(circular_shift(w, backward), torch.tensor([[[0.2, 0.1, 0.0, 0.7]]]))
+    torch.testing.assert_close(circular_shift(w, torch.tensor([[[0.0, 1.0, 0.0]]])), w)
+    s = torch.tensor([[[0.5, 0.25, 0.25]]])
+    # w~(0) = w(1) s(-1) + w(0) s(0) + w(3) s(+1) = 0.2 * 0.5 + 0.7 * 0.25 + 0
+    out = circular_shift(w, s)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor(0.2 * 0.5 + 0.7 * 0.25))
+    g = torch.Generator().manual_seed(0)
+    w_rand = torch.softmax(torch.randn(4, 3, 8, generator=g), -1)
+    s_rand = torch.softmax(torch.randn(4, 3, 5, generator=g), -1)
+    out = circular_shift(w_rand, s_rand)
+    assert (out >= 0).all()
+    torch.testing.assert_close(out.sum(-1), torch.ones(4, 3))
+
+
+def test_sharpening_keeps_a_distribution() -> None:
+    w = torch.tensor([[[0.5, 0.3, 0.2]]])
+    out = sharpen(w, torch.tensor([[2.0]]))
+    torch.testing.assert_close(out, torch.tensor([[[0.25, 0.09, 0.04]]]) / 0.38)
+    torch.testing.assert_close(sharpen(w, torch.tensor([[1.0]])), w)
+    torch.testing.assert_close(out.sum(-1), torch.ones(1, 1))
+    assert sharpen(w, torch.tensor([[50.0]]))[0, 0, 0] > 0.99  # large gamma -> the argmax
+
+
+def test_erase_then_add_equals_the_formula() -> None:
+    memory = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    w = torch.tensor([[0.25, 0.75]])
+    erase, add = torch.tensor([[1.0, 0.5]]), torch.tensor([[10.0, -2.0]])
+    out = write_memory(memory, w, erase, add)
+    # M(i) [1 - w(i) e] + w(i) a
+    expected = torch.tensor([[[1.0 * 0.75 + 2.5, 2.0 * 0.875 - 0.5], [3.0 * 0.25 + 7.5, 4.0 * 0.625 - 1.5]]])
+    torch.testing.assert_close(out, expected)
+    # full erase and weight 1 on a slot replaces it by the add vector
+    torch.testing.assert_close(write_memory(memory, torch.tensor([[1.0, 0.0]]), torch.ones(1, 2), add)[0, 0], add[0])
+    torch.testing.assert_close(read_memory(out, torch.tensor([[[0.5, 0.5]]]))[0, 0], out[0].mean(0))
+
+
+def test_addressing_gradient_matches_finite_differences() -> None:
+    g = torch.Generator().manual_seed(1)
+    args = [torch.randn(2, 2, 3, generator=g, dtype=torch.float64),            # keys
+            torch.rand(2, 2, generator=g, dtype=torch.float64) * 3,              # strength
+            torch.rand(2, 2, generator=g, dtype=torch.float64),                  # gate
+            torch.softmax(torch.randn(2, 2, 3, generator=g, dtype=torch.float64), -1),  # shift
+            1 + torch.rand(2, 2, generator=g, dtype=torch.float64),              # gamma
+            torch.softmax(torch.randn(2, 2, 5, generator=g, dtype=torch.float64), -1),  # previous weights
+            torch.randn(2, 5, 3, generator=g, dtype=torch.float64)]              # memory
+    assert torch.autograd.gradcheck(address, tuple(a.requires_grad_(True) for a in args))
+
+
+def _core(controller: str = "lstm") -> NTMCore:
+    torch.manual_seed(0)
+    return NTMCore(6, MANNConfig(controller=controller, controller_size=8, memory_slots=5, memory_width=3,
+                                 read_heads=2)).double()
+
+
+@pytest.mark.parametrize("controller", ["lstm", "gru"])
+def test_core_state_layout_and_cleared_memory(controller: str) -> None:
+    core = _core(controller)
+    s0 = core.initial_state(4, "cpu")
+    ctrl, reads, w_read, w_write, memory = core.unpack(s0)
+    assert s0.shape == (4, core.state_size)
+    assert memory.abs().sum() == 0 and reads.abs().sum() == 0 and ctrl.abs().sum() == 0
+    torch.testing.assert_close(w_read.sum(-1), torch.ones(4, 2, dtype=torch.float64))
+    torch.testing.assert_close(core.pack(ctrl, reads, w_read, w_write, memory), s0)
+    x = torch.randn(7, 4, 6, dtype=torch.float64)
+    out, s = core.unroll(x, s0)
+    ref_out, ref_s = unroll_by_steps(core.step, x, s0)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(s, ref_s)
+    _, _, w_read, w_write, memory = core.unpack(s)
+    assert memory.abs().sum() > 0  # it wrote
+    torch.testing.assert_close(w_write.sum(-1), torch.ones(4, 1, dtype=torch.float64))
+    assert out.shape == (7, 4, core.output_size)
+
+
+def test_memory_carries_across_episodes_and_starts_cleared() -> None:
+    envs = TaskEnvs("metarl/TabularMDP-v0", {"horizon": 4})
+    agent = MANNAgent(envs, MANNConfig(meta_batch_size=2, controller_size=8, memory_slots=4, memory_width=3))
+    batch = collect_trials(envs.vector(2), agent.model, envs.sample_tasks(2, np.random.default_rng(0)), 1, 2, 0, 4)
+    core = agent.model.core
+    assert isinstance(core, NTMCore)
+    torch.testing.assert_close(batch.initial_states[0], agent.model.initial_state(2))
+    with torch.no_grad():
+        _, _, s4 = agent.model.evaluate(batch.inputs[:4], batch.initial_states[0])
+    assert core.unpack(s4)[4].abs().sum() > 0  # memory written in episode 1 is there when episode 2 starts
+    with torch.no_grad():
+        dist, values, _ = agent.model.evaluate(batch.inputs, batch.initial_states[0])
+    torch.testing.assert_close(values, batch.values)
+    torch.testing.assert_close(dist.log_prob(batch.actions), batch.log_probs)
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="controller must be one of"):
+        MANNConfig(controller="rnn")
+    with pytest.raises(ValueError, match="shift_range must be in"):
+        MANNConfig(memory_slots=2, shift_range=1)
+
+
+@pytest.mark.parametrize(("env", "kwargs"), [
+    ("metarl/Bandit-v0", ["--env-kwarg", "n_pulls=6"]),
+    ("metarl/Navigation2D-v0", ["--env-kwarg", "horizon=5"]),
+])
+def test_train_then_evaluate_through_the_cli(env: str, kwargs: list[str], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "mann", "--env", env, *kwargs, "--out", str(run), "--iterations", "2",
+                 "--meta-batch-size", "3", "--episodes-per-trial", "2", "--controller-size", "8", "--memory-slots",
+                 "4", "--memory-width", "3", "--eval-tasks", "2", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--tasks", "2", "--budget", "2", "--episodes", "1"]) == 0
+    assert "| learner | episode 1 | episode 2 | episode 3 |" in capsys.readouterr().out
+    assert (run / "evaluation.png").stat().st_size > 1000
