@@ -196,8 +196,9 @@ def train(learner: Any, envs: TaskSource, run_dir: str | Path, config: TrainConf
             if (iteration + 1) % config.checkpoint_every == 0 or last or stop.stop:
                 _save(ckpt_path, learner, iteration + 1, run_info, config)
             bar.update(1)
+            # refresh=False: the bar redraws at its mininterval, not once per (possibly 100 Hz) iteration
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
-                             if k == "rollout/return_mean" or k.startswith("meta/post_adapt_")})
+                             if k == "rollout/return_mean" or k.startswith("meta/post_adapt_")}, refresh=False)
             if on_iteration is not None:
                 on_iteration(iteration + 1, metrics)
             if stop.stop:
