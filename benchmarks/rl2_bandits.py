@@ -120,6 +120,39 @@ def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: in
     }
 
 
+def plot_training(entries: dict[str, dict[str, Any]], path: Path, reference: str, key: str, setting: str) -> Path:
+    """One panel per setting: every agent's mean training-trial return against env steps, and the agent's
+    test score and the named ``reference`` of its entry (e.g. Gittins) as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in entries.values():
+        groups.setdefault(setting.format(**e), []).append(e)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 3.8), squeeze=False)
+    for ax, (title, group) in zip(axes[0], sorted(groups.items()), strict=True):
+        for e in group:
+            per_iteration = e["train_env_steps"] / max(e["iterations"], 1)
+            x = [row["iteration"] * per_iteration / 1e6 for row in e["curve"]]
+            line = ax.plot(x, [row[key] for row in e["curve"]], label=f"{e['agent'].upper()} (train trials)")[0]
+            ax.axhline(e["result"]["mean"], color=line.get_color(), linestyle=":",
+                       label=f"{e['agent'].upper()} test {e['result']['mean']:.1f}")
+        ref = group[0].get("baselines", {}).get(reference) if reference else None
+        if ref:
+            ax.axhline(ref["mean"], color="k", linestyle="--", label=f"{reference} {ref['mean']:.1f}")
+        ax.set_title(title)
+        ax.set_xlabel("env steps (millions)")
+        ax.set_ylabel("total reward per trial")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``rl2_bandits.json``: one row per (agent, setting)."""
     lines = ["| n, k | agent | total reward | Gittins (same bandits) | agent − Gittins (paired) | UCB1 | Thompson | "
@@ -171,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or RESULTS
     if args.quick:
         iterations, n_test = 3, 50
-        overrides = {"meta_batch_size": 8, "hidden_size": 8, **overrides}
+        size = {"hidden_size": 8} if args.agent == "rl2" else {"controller_size": 8, "memory_slots": 4}
+        overrides = {"meta_batch_size": 8, **size, **overrides}
         if args.out is None:
             out = Path(tempfile.mkdtemp()) / "rl2_bandits.json"
     t0 = time.perf_counter()
@@ -181,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "metric": "total reward of one trial of n pulls, mean ± 95% CI over test bandits",
              "reference": "benchmarks/bandit_baselines.py (same test bandits and reward stream)"}
     final = merge_entry(out, f"{args.agent}_n{args.n}_k{args.k}", entry, setup, time.perf_counter() - t0)
+    plot_training(final["entries"], out.with_suffix(".png"), "gittins", "rollout/return_mean",
+                  "n={n_pulls}, k={n_arms}")
     print(readme_table(final))
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return final

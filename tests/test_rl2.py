@@ -181,3 +181,24 @@ def test_rl2_learns_a_small_bandit() -> None:
     tasks = agent.envs.sample_tasks(500, np.random.default_rng(3), split="test")
     score = agent.adapt_many(tasks, 0, seed=0).stage_returns.mean()
     assert score > 5.3, score  # 500 bandits: the mean's standard error is about 0.09
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "args"), [
+    ("rl2_bandits.py", ["--n", "10", "--k", "3"]),
+    ("rl2_bandits.py", ["--agent", "mann", "--n", "10", "--k", "3", "--set", "controller_size=8"]),
+    ("rl2_tabular.py", ["--n", "2"]),
+    ("rl2_trials.py", ["--env", "navigation"]),
+    ("recurrent_ppo_bandits.py", ["--n", "10", "--k", "3", "--envs", "2", "--lstm", "8"]),
+])
+def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["provenance"]["wall_time_s"] > 0 and "machine" in d["provenance"]
+    assert "|" in proc.stdout  # the README table rendered by the script's readme_table

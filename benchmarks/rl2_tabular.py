@@ -1,0 +1,123 @@
+"""RL² (and MANN) on random tabular MDPs (RL², Duan et al. 2016, Table 2).
+
+Setup (``docs/BENCHMARKS.md``): ``|S| = 10``, ``|A| = 5``, rewards ``N(mu, 1)`` with ``mu ~ N(1, 1)``,
+transitions ~ flat Dirichlet, episodes of ``T = 10`` steps from state 0 (``metarl/TabularMDP-v0``); a
+trial is ``n`` episodes of one MDP. The agent is meta-trained on *train* MDPs through
+``metarl.training.train`` (trials of ``n`` episodes), then runs one trial on each of 1000 *test* MDPs
+(``sample_tasks(1000, default_rng(0), split="test")``, env seed 0). Reported: the total reward of the
+trial (mean ± 95% CI over MDPs), the return of every episode of the trial (episode 1 vs later ones:
+what the memory adds), and two exact references computed by dynamic programming on the same MDPs: the
+uniformly random policy and the optimal policy of each MDP *given* its parameters (an upper bound no
+learner reaches without knowing the MDP). Paper: RL² 156.2 at n = 10 (random 100.1).
+
+Run::
+
+    python benchmarks/rl2_tabular.py --n 10 --iterations 400
+    python benchmarks/rl2_tabular.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl2_bandits import compact_curve, merge_entry, plot_training, train_memory_learner  # noqa: E402
+
+from metarl.cli import _algorithms, _parse_env_kwargs  # noqa: E402
+from metarl.config import config_from_dict, config_to_dict  # noqa: E402
+from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
+from metarl.stats import mean_ci95  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular.json"
+PAPER = {10: 156.2, 25: 445.7, 50: 936.1, 100: 1913.7}
+PAPER_RANDOM = {10: 100.1, 100: 999.4}
+
+
+def episode_values(mu: np.ndarray, p: np.ndarray, horizon: int) -> tuple[float, float]:
+    """Expected return of one episode from state 0: (optimal policy knowing the MDP, uniform random policy).
+
+    Backward induction ``Q_t(s, a) = mu(s, a) + sum_s' P(s' | s, a) V_{t+1}(s')`` with ``V_T = 0``;
+    ``V_t = max_a Q_t`` (optimal) or ``mean_a Q_t`` (random). ``mu [S, A]``, ``p [S, A, S]``.
+    """
+    v_opt = np.zeros(mu.shape[0])
+    v_rand = np.zeros(mu.shape[0])
+    for _ in range(horizon):
+        v_opt = (mu + p @ v_opt).max(axis=1)
+        v_rand = (mu + p @ v_rand).mean(axis=1)
+    return float(v_opt[0]), float(v_rand[0])
+
+
+def readme_table(d: dict[str, Any]) -> str:
+    """The README table of ``rl2_tabular.json``: one row per (agent, n)."""
+    lines = ["| n episodes | agent | trial total | episode 1 | last episode | random (exact) | optimal, MDP known "
+             "(exact) | paper RL² | iterations, env steps | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in sorted(d["entries"].values(), key=lambda e: (e["n_episodes"], e["agent"])):
+        r, eps = e["result"], e["per_episode"]
+        lines.append(
+            f"| {e['n_episodes']} | {e['agent'].upper()} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
+            f"{eps[0]['mean']:.2f} ± {eps[0]['ci95']:.2f} | {eps[-1]['mean']:.2f} ± {eps[-1]['ci95']:.2f} | "
+            f"{e['random_exact']:.1f} | {e['optimal_exact']:.1f} | {e['paper'] or ''} | "
+            f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agent", choices=("rl2", "mann"), default="rl2")
+    parser.add_argument("--n", type=int, default=10, help="episodes per trial")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value")
+    parser.add_argument("--quick", action="store_true", help="2 iterations, 20 test MDPs, temporary output")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides = _parse_env_kwargs(args.set)
+    iterations, n_test, out = args.iterations, 1000, args.out or RESULTS
+    if args.quick:
+        iterations, n_test = 2, 20
+        overrides = {"meta_batch_size": 4, **overrides, **({"hidden_size": 8} if args.agent == "rl2" else {})}
+        out = args.out or Path(tempfile.mkdtemp()) / "rl2_tabular.json"
+    t0 = time.perf_counter()
+    config = config_from_dict(_algorithms()[args.agent][0], {"episodes_per_trial": args.n, **overrides})
+    learner, envs, curve, wall = train_memory_learner(
+        args.agent, "metarl/TabularMDP-v0", {}, config_to_dict(config), iterations, args.seed,
+        eval_every=max(iterations // 10, 1), eval_tasks=100, eval_budget=args.n - 1)
+    tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
+    torch.manual_seed(0)
+    per_episode = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1).stage_returns  # [N, n]
+    refs = np.array([episode_values(*t.arrays(), envs.horizon) for t in tasks])  # [N, 2]
+    env_steps = sum(row.get("rollout/env_steps", 0.0) for row in curve)
+    entry = {
+        "agent": args.agent, "n_episodes": args.n, "config": config_to_dict(config), "iterations": iterations,
+        "train_env_steps": env_steps, "train_wall_time_s": wall, "quick": args.quick,
+        "reduced": True, "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared "
+                                         "CPU cores; the paper trained with TRPO on far larger batches",
+        "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},
+        "result": mean_ci95(per_episode.sum(1)).to_dict(),
+        "per_episode": [mean_ci95(per_episode[:, k]).to_dict() for k in range(args.n)],
+        "optimal_exact": float(args.n * refs[:, 0].mean()), "random_exact": float(args.n * refs[:, 1].mean()),
+        "paper": PAPER.get(args.n), "paper_random": PAPER_RANDOM.get(args.n),
+        "curve": compact_curve(curve, ("rollout/return_mean", "rollout/first_episode_return",
+                                       "rollout/last_episode_return", "time/iteration_s")),
+    }
+    setup = {"source": "RL² (Duan et al. 2016) Table 2", "env": "metarl/TabularMDP-v0",
+             "metric": "total reward of a trial of n episodes of 10 steps, mean ± 95% CI over test MDPs"}
+    final = merge_entry(out, f"{args.agent}_n{args.n}", entry, setup, time.perf_counter() - t0)
+    plot_training(final["entries"], out.with_suffix(".png"), "", "rollout/return_mean", "n={n_episodes} episodes")
+    print(readme_table(final))
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return final
+
+
+if __name__ == "__main__":
+    main()
