@@ -187,16 +187,28 @@ def merge_entry(path: Path, key: str, entry: dict[str, Any], setup: dict[str, An
     return final
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def memory_agent_parser(description: str, iterations: int, quick: str) -> argparse.ArgumentParser:
+    """The options every RL²/MANN benchmark script shares (the script adds its setting's own)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--agent", choices=("rl2", "mann"), default="rl2")
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value (JSON)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/...)")
+    return parser
+
+
+def tiny(agent: str, meta_batch_size: int) -> dict[str, Any]:
+    """The config of a --quick smoke run: a few trials through a very small memory."""
+    size = {"hidden_size": 8} if agent == "rl2" else {"controller_size": 8, "memory_slots": 4}
+    return {"meta_batch_size": meta_batch_size, **size}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = memory_agent_parser(__doc__.split("\n\n")[0], 300, "3 iterations, 50 test bandits, temporary output")
     parser.add_argument("--n", type=int, default=100, help="pulls per trial")
     parser.add_argument("--k", type=int, default=5, help="arms")
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value")
-    parser.add_argument("--quick", action="store_true", help="3 iterations, 50 test bandits, temporary output")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     overrides = _parse_env_kwargs(args.set)  # NAME=VALUE pairs, JSON values
@@ -204,8 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or RESULTS
     if args.quick:
         iterations, n_test = 3, 50
-        size = {"hidden_size": 8} if args.agent == "rl2" else {"controller_size": 8, "memory_slots": 4}
-        overrides = {"meta_batch_size": 8, **size, **overrides}
+        overrides = {**tiny(args.agent, 8), **overrides}
         if args.out is None:
             out = Path(tempfile.mkdtemp()) / "rl2_bandits.json"
     t0 = time.perf_counter()

@@ -18,7 +18,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -29,7 +28,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl2_bandits import compact_curve, merge_entry, plot_training, train_memory_learner  # noqa: E402
+from rl2_bandits import (  # noqa: E402
+    compact_curve,
+    memory_agent_parser,
+    merge_entry,
+    plot_training,
+    tiny,
+    train_memory_learner,
+)
 
 from metarl.cli import _algorithms, _parse_env_kwargs  # noqa: E402
 from metarl.config import config_from_dict, config_to_dict  # noqa: E402
@@ -71,21 +77,15 @@ def readme_table(d: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agent", choices=("rl2", "mann"), default="rl2")
+    parser = memory_agent_parser(__doc__.split("\n\n")[0], 300, "2 iterations, 20 test MDPs, temporary output")
     parser.add_argument("--n", type=int, default=10, help="episodes per trial")
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value")
-    parser.add_argument("--quick", action="store_true", help="2 iterations, 20 test MDPs, temporary output")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     overrides = _parse_env_kwargs(args.set)
     iterations, n_test, out = args.iterations, 1000, args.out or RESULTS
     if args.quick:
         iterations, n_test = 2, 20
-        overrides = {"meta_batch_size": 4, **overrides, **({"hidden_size": 8} if args.agent == "rl2" else {})}
+        overrides = {**tiny(args.agent, 4), **overrides}
         out = args.out or Path(tempfile.mkdtemp()) / "rl2_tabular.json"
     t0 = time.perf_counter()
     config = config_from_dict(_algorithms()[args.agent][0], {"episodes_per_trial": args.n, **overrides})

@@ -20,7 +20,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl2_bandits import compact_curve, merge_entry, train_memory_learner  # noqa: E402
+from rl2_bandits import compact_curve, memory_agent_parser, merge_entry, tiny, train_memory_learner  # noqa: E402
 
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner  # noqa: E402
 from metarl.config import config_from_dict, config_to_dict  # noqa: E402
@@ -116,23 +115,17 @@ def readme_table(d: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agent", choices=("rl2", "mann"), default="rl2")
+    parser = memory_agent_parser(__doc__.split("\n\n")[0], 150, "2 iterations, 3 test tasks, temporary output")
     parser.add_argument("--env", choices=tuple(ENVS), default="navigation")
     parser.add_argument("--n", type=int, default=2, help="episodes per trial (training and evaluation)")
     parser.add_argument("--trials", type=int, default=10, help="evaluation trials per test task")
-    parser.add_argument("--iterations", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value")
-    parser.add_argument("--quick", action="store_true", help="2 iterations, 3 test tasks, temporary output")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     overrides = _parse_env_kwargs(args.set)
     iterations, trials, out = args.iterations, args.trials, args.out or RESULTS
     if args.quick:
         iterations, trials = 2, 2
-        overrides = {"meta_batch_size": 3, **overrides, **({"hidden_size": 8} if args.agent == "rl2" else {})}
+        overrides = {**tiny(args.agent, 3), **overrides}
         out = args.out or Path(tempfile.mkdtemp()) / "rl2_trials.json"
     t0 = time.perf_counter()
     entry = run_env(args.agent, args.env, iterations, args.n, trials, args.seed, args.quick, overrides)

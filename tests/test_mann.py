@@ -165,3 +165,20 @@ def test_train_then_evaluate_through_the_cli(env: str, kwargs: list[str], tmp_pa
     assert main(["evaluate", str(run), "--tasks", "2", "--budget", "2", "--episodes", "1"]) == 0
     assert "| learner | episode 1 | episode 2 | episode 3 |" in capsys.readouterr().out
     assert (run / "evaluation.png").stat().st_size > 1000
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo", ["rl2", "mann"])
+def test_memory_agents_train_and_adapt_on_cuda(algo: str) -> None:
+    from metarl.cli import build_learner
+
+    cfg = {"meta_batch_size": 4, "episodes_per_trial": 2, "bptt_chunk": 5,
+           **({"hidden_size": 8} if algo == "rl2" else {"controller_size": 8, "memory_slots": 4})}
+    for env, kwargs in (("metarl/Bandit-v0", {"n_pulls": 6}), ("metarl/Navigation2D-v0", {"horizon": 5})):
+        learner, envs = build_learner(algo, env, kwargs, cfg, 0, "cuda")
+        tasks = envs.sample_tasks(4, np.random.default_rng(0))
+        assert all(np.isfinite(v) for v in learner.meta_train_step(tasks).values())
+        result = learner.adapt_many(tasks, budget=1, seed=0, episodes_per_step=2)
+        assert result.stage_returns.shape == (4, 2)
+        assert next(learner.model.parameters()).device.type == "cuda"
