@@ -77,7 +77,7 @@ from metarl.supervised import (
     build_backbone,
     check_vmap_safe,
     learner_state,
-    meta_backward,
+    outer_step,
     query_metric,
     query_score,
     resolve_batching,
@@ -139,17 +139,11 @@ class MetaSGDLearner:
         return {name: a for (name, _), a in zip(self.net.named_parameters(), self.alpha, strict=True)}
 
     def meta_train_step(self, tasks: Sequence[Episode]) -> dict[str, float]:
-        c = self.config
-        episodes = [t.to(self.device) for t in tasks]
-        self.optimizer.zero_grad()
-        stats = meta_backward(self.net, dict(self.net.named_parameters()), episodes,
-                              InnerSGD(c.inner_steps, self.alphas(), second_order=not c.first_order), self.batching)
-        self.optimizer.step()
+        inner = InnerSGD(self.config.inner_steps, self.alphas(), second_order=not self.config.first_order)
+        metrics = outer_step(self.net, self.optimizer, [t.to(self.device) for t in tasks], inner, self.batching,
+                             self.problem.metric)
         self.steps_done += 1
-        mean_alpha = torch.cat([a.detach().flatten() for a in self.alpha]).mean()
-        return {"train/query_loss": float(np.mean(stats.query_losses)),
-                f"train/query_{self.problem.metric}": float(np.mean(stats.query_metrics)),
-                "train/alpha_mean": float(mean_alpha)}
+        return {**metrics, "train/alpha_mean": float(torch.cat([a.detach().flatten() for a in self.alpha]).mean())}
 
     def _adapt(self, task: Episode, budget: int) -> tuple[list[float], AdaptedPredictor]:
         inner = InnerSGD(1, {k: v.detach() for k, v in self.alphas().items()}, second_order=False)

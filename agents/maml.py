@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from metarl.config import option, require
@@ -56,7 +55,7 @@ from metarl.supervised import (
     build_backbone,
     head_parameter_names,
     learner_state,
-    meta_backward,
+    outer_step,
     resolve_batching,
     restore_learner_state,
     sgd_adaptation,
@@ -112,14 +111,10 @@ class MamlLearner:
         return InnerSGD(1, c.eval_lr or c.inner_lr, second_order=False, adapt=self.adapt_names)
 
     def meta_train_step(self, tasks: Sequence[Episode]) -> dict[str, float]:
-        episodes = [t.to(self.device) for t in tasks]
-        self.optimizer.zero_grad()
-        stats = meta_backward(self.net, dict(self.net.named_parameters()), episodes, self.inner_loop(True),
-                              self.batching)
-        self.optimizer.step()
+        metrics = outer_step(self.net, self.optimizer, [t.to(self.device) for t in tasks], self.inner_loop(True),
+                             self.batching, self.problem.metric)
         self.steps_done += 1
-        return {"train/query_loss": float(np.mean(stats.query_losses)),
-                f"train/query_{self.problem.metric}": float(np.mean(stats.query_metrics))}
+        return metrics
 
     def _adapt(self, task: Episode, budget: int) -> tuple[list[float], AdaptedPredictor]:
         return sgd_adaptation(self.net, dict(self.net.named_parameters()), task.to(self.device),

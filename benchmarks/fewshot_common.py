@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,13 @@ def update_results(path: Path, entries: Mapping[str, dict[str, Any]], header: Ma
 
 def fmt(stat: Mapping[str, float], digits: int = 2, unit: str = "") -> str:
     return f"{stat['mean']:.{digits}f}{unit} ± {stat['ci95']:.{digits}f}"
+
+
+def finish(out: Path, entries: Mapping[str, dict[str, Any]], name: str, protocol: str, quick: bool,
+           wall_time_s: float, table: Callable[[dict[str, Any]], str]) -> int:
+    """Merge the entries into the results file, print its README table and where it went."""
+    header = {"benchmark": name, "quick": quick, "protocol": protocol}
+    path = update_results(out, entries, header, wall_time_s, keep_existing=not quick)
+    print(table(json.loads(path.read_text())))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -45,12 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fewshot_common import RUNS, fmt, run_setting, update_results
+from fewshot_common import RUNS, finish, fmt, run_setting
 
 from metarl.fewshot import FewShotDataConfig
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "fewshot_omniglot.json"
+PROTOCOL = "Vinyals split test characters, mean accuracy ± 95% CI over episodes"
 DATA = HERE.parents[1] / "shared" / "data" / "omniglot"
 
 # name: (learner, ways, shots, learner options, data options, budget, paper budget, test episodes)
@@ -153,12 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         entries[key] = entry
         print(f"{key}: test accuracy {fmt(entry['test'])} (target {target}); trained "
               f"{entry['training']['wall_time_s']:.0f} s", file=sys.stderr)
-    header = {"benchmark": "fewshot_omniglot", "quick": args.quick,
-              "protocol": "Vinyals split test characters, mean accuracy ± 95% CI over episodes"}
-    path = update_results(out, entries, header, time.perf_counter() - t0, keep_existing=not args.quick)
-    print(readme_table(json.loads(path.read_text())))
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return finish(out, entries, "fewshot_omniglot", PROTOCOL, args.quick, time.perf_counter() - t0,
+                  readme_table)
 
 
 if __name__ == "__main__":

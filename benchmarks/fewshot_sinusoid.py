@@ -26,7 +26,6 @@ file unless ``--out``). Results: ``benchmarks/results/fewshot_sinusoid.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fewshot_common import RUNS, fmt, run_setting, update_results
+from fewshot_common import RUNS, finish, fmt, run_setting
 
 from metarl.fewshot import FewShotDataConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fewshot_sinusoid.json"
+PROTOCOL = "1000 test-split tasks, K support + 100 query points, mean MSE ± 95% CI over tasks"
 TARGETS = {("maml", 5): 1.13, ("maml", 10): 0.77, ("metasgd", 5): 0.90, ("metasgd", 10): 0.53}
 PAPER_ITERATIONS = 70_000
 LSTM_ITERATIONS = 6_000
@@ -104,12 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             entries[key] = entry
             print(f"{key}: test MSE {fmt(entry['test'], 3)} after {steps} step(s) "
                   f"(target {target}); trained {entry['training']['wall_time_s']:.0f} s", file=sys.stderr)
-    header = {"benchmark": "fewshot_sinusoid", "quick": args.quick,
-              "protocol": "1000 test-split tasks, K support + 100 query points, mean MSE ± 95% CI over tasks"}
-    path = update_results(out, entries, header, time.perf_counter() - t0, keep_existing=not args.quick)
-    print(readme_table(json.loads(path.read_text())))
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return finish(out, entries, "fewshot_sinusoid", PROTOCOL, args.quick, time.perf_counter() - t0,
+                  readme_table)
 
 
 if __name__ == "__main__":

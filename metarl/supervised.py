@@ -227,6 +227,17 @@ def meta_backward(module: nn.Module, params: Params, episodes: Sequence[Episode]
     return out
 
 
+def outer_step(module: nn.Module, optimizer: torch.optim.Optimizer, episodes: Sequence[Episode], inner: InnerSGD,
+               batching: str, metric: str) -> dict[str, float]:
+    """One outer update of a MAML-style learner (Finn et al. eq. 4, with ``optimizer``): the meta-gradient of
+    the mean post-adaptation query loss, then a step; returns ``train/query_loss`` and ``train/query_<metric>``."""
+    optimizer.zero_grad()
+    stats = meta_backward(module, dict(module.named_parameters()), episodes, inner, batching)
+    optimizer.step()
+    return {"train/query_loss": float(np.mean(stats.query_losses)),
+            f"train/query_{metric}": float(np.mean(stats.query_metrics))}
+
+
 def learner_state(net: nn.Module, optimizer: torch.optim.Optimizer, steps_done: int, seed: int) -> dict[str, Any]:
     """The checkpoint state every supervised learner shares (weights-only values)."""
     return {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "steps_done": steps_done, "seed": seed}
@@ -351,5 +362,5 @@ def query_score(module: nn.Module, episode: Episode, bn: str) -> Callable[[Param
 __all__ = ["AdaptedPredictor", "BATCHING", "BN_POLICIES", "FewShotResult", "InnerSGD", "MetaBatchStats", "Problem",
            "adapt_task", "adapt_tasks", "adaptation_result", "adapted_model", "build_backbone", "check_vmap_safe",
            "detached", "episode_loss", "forward", "gradient_curve", "has_batch_statistics", "head_parameter_names",
-           "learner_state", "meta_backward", "predict", "query_metric", "query_score", "resolve_batching",
+           "learner_state", "meta_backward", "outer_step", "predict", "query_metric", "query_score", "resolve_batching",
            "restore_learner_state", "sgd_adaptation", "task_losses"]
