@@ -85,8 +85,7 @@ class MamlRLConfig:
     ls_max_steps: int = option(15, "TRPO: line-search candidates before giving up (parameters kept)")
     ppo_epochs: int = option(5, "PPO outer loop: Adam steps per meta-batch (each re-runs the inner adaptation)")
     ppo_clip: float = option(0.2, "PPO outer loop: clipping range epsilon")
-    outer_lr: float = option(1e-3, "PPO outer loop: Adam learning rate (Navigation2D, post-adaptation "
-                                  "return after 30 iterations: -16 with 1e-3, -29 with 3e-4)")
+    outer_lr: float = option(1e-3, "PPO outer loop: Adam learning rate")
     max_grad_norm: float = option(1.0, "PPO outer loop: gradient-norm clipping (0 disables)")
     eval_lrs: tuple[float, ...] = option((), "step sizes of evaluation steps 1, 2, ... (last repeats); empty: "
                                              "inner_lr, then inner_lr/2 (released test script)")
