@@ -124,7 +124,7 @@ class ProtoNetLearner:
                                   norm="running").to(self.device)
         # Channels-last convolution weights: 25-35% faster Conv-4 training episodes on CPU (measured on a
         # 360-image 60-way episode); the results are the same up to float round-off.
-        self.net.to(memory_format=torch.channels_last)
+        self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.steps_done = 0
 
