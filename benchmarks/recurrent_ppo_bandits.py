@@ -86,23 +86,29 @@ class TrialWrapper(gymnasium.Wrapper):
             False, info
 
 
-def rl2_reference(n_pulls: int, n_arms: int, budget: float) -> dict[str, Any] | None:
-    """RL²'s committed run at the same setting: training return at ``budget`` env steps, final test score."""
+def rl2_reference(n_pulls: int, n_arms: int, budget: float, wall_s: float) -> dict[str, Any] | None:
+    """RL²'s committed run at the same setting: its training return after ``budget`` env steps and after
+    ``wall_s`` seconds of training (the sum of its iteration times), and its final test score."""
     if not RL2_RESULTS.exists():
         return None
     entry = json.loads(RL2_RESULTS.read_text())["entries"].get(f"rl2_n{n_pulls}_k{n_arms}")
     if entry is None:
         return None
-    steps, at_budget = 0.0, None
+    steps, seconds, at_budget, at_wall = 0.0, 0.0, None, None
     per_iteration = entry["train_env_steps"] / max(entry["iterations"], 1)
     for row in entry["curve"]:
         steps += per_iteration
-        if steps >= budget:
-            at_budget = {"iteration": row["iteration"], "env_steps": steps, "train_return": row["rollout/return_mean"]}
-            break
+        seconds += row["time/iteration_s"]
+        point = {"iteration": row["iteration"], "env_steps": steps, "train_s": seconds,
+                 "train_return": row["rollout/return_mean"]}
+        if at_budget is None and steps >= budget:
+            at_budget = point
+        if at_wall is None and seconds >= wall_s:
+            at_wall = point
     return {"final_test": entry["result"], "train_env_steps": entry["train_env_steps"],
             "train_wall_time_s": entry["train_wall_time_s"], "env_steps_per_s": entry["env_steps_per_s"],
-            "at_same_env_steps": at_budget, "commit": (entry.get("provenance") or {}).get("commit")}
+            "at_same_env_steps": at_budget, "at_same_wall_time": at_wall,
+            "commit": (entry.get("provenance") or {}).get("commit")}
 
 
 def readme_table(d: dict[str, Any]) -> str:
@@ -120,6 +126,10 @@ def readme_table(d: dict[str, Any]) -> str:
         if same:
             lines.append(f"| RL² (ours), training return at the same env steps | {same['env_steps']:,.0f} | | | "
                          f"{same['train_return']:.1f} (train bandits) |")
+        wall = ref.get("at_same_wall_time")
+        if wall:
+            lines.append(f"| RL² (ours), training return after the same training time | {wall['env_steps']:,.0f} | "
+                         f"{wall['train_s'] / 60:.1f} min | | {wall['train_return']:.1f} (train bandits) |")
         f = ref["final_test"]
         lines.append(f"| RL² (ours), full run | {ref['train_env_steps']:,.0f} | "
                      f"{ref['train_wall_time_s'] / 60:.1f} min | {ref['env_steps_per_s']:.0f} | "
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reduced": True, "reduced_note": "far fewer env steps than the RL² run (see rl2, at_same_env_steps)",
         "result": mean_ci95(totals).to_dict(), "gittins": mean_ci95(gittins).to_dict(),
         "minus_gittins": mean_ci95(totals - gittins).to_dict(),
-        "rl2": rl2_reference(args.n, args.k, timesteps),
+        "rl2": rl2_reference(args.n, args.k, timesteps, train_s),
     }
     write_results(out, payload, wall_time_s=time.perf_counter() - t0)
     print(readme_table(payload))
