@@ -4,7 +4,8 @@
 runs: checkpoints every 10% of the run, so ``--resume`` continues a killed benchmark) and evaluates it on
 held-out episodes with :func:`metarl.fewshot.evaluate_fewshot`, returning one results entry: the test
 metric with its 95% CI, the adaptation curve, the paper's target, the protocol, the training budget
-(and how it differs from the paper's), wall times, commit and date. :func:`update_results` merges entries
+(and how it differs from the paper's), wall times (``step_time_s``: the meta-training steps of the whole
+run, resumed parts included, from its ``progress.csv``), commit and date. :func:`update_results` merges entries
 into a results file, so settings can be run one at a time.
 """
 
@@ -69,6 +70,7 @@ def run_setting(key: str, learner: str, data: FewShotDataConfig, overrides: Mapp
         with tempfile.TemporaryDirectory() as tmp:
             metrics = train(model, source, tmp, train_cfg, {"algo": learner}, progress=progress)
     train_s = time.perf_counter() - t0
+    step_s = _logged_step_time(run_dir) if run_dir is not None else train_s
     tests = {"": data, **(evaluations or {})}
     results = {}
     for name, test_data in tests.items():
@@ -86,11 +88,19 @@ def run_setting(key: str, learner: str, data: FewShotDataConfig, overrides: Mapp
                          "eval_wall_time_s": time.perf_counter() - t1}
     entry = {**results.pop(""), "learner": learner, "config": config_to_dict(algo), "others": results,
              "training": {"iterations": iterations, "meta_batch_size": getattr(algo, "meta_batch_size", None),
-                          "paper_budget": paper_budget, "wall_time_s": train_s,
+                          "paper_budget": paper_budget, "wall_time_s": train_s, "step_time_s": step_s,
                           "final_metrics": {k: v for k, v in metrics.items() if not k.startswith("time/")},
                           "threads": torch.get_num_threads()},
              "commit": git_commit(ROOT), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return entry
+
+
+def _logged_step_time(run_dir: Path) -> float:
+    """Seconds spent in ``meta_train_step`` over the whole run (all resumed parts), from ``progress.csv``."""
+    import csv
+
+    with open(run_dir / "progress.csv", newline="") as f:
+        return float(sum(float(r["time/iteration_s"]) for r in csv.DictReader(f) if r.get("time/iteration_s")))
 
 
 def update_results(path: Path, entries: Mapping[str, dict[str, Any]], header: Mapping[str, Any],
