@@ -155,8 +155,8 @@ def plot_training(entries: dict[str, dict[str, Any]], path: Path, reference: str
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``rl2_bandits.json``: one row per (agent, setting)."""
-    lines = ["| n, k | agent | total reward | Gittins (same bandits) | agent − Gittins (paired) | UCB1 | Thompson | "
-             "paper RL² / Gittins | iterations, env steps | train time |",
+    lines = ["| n, k | agent | total reward | Gittins (same bandits) | agent − Gittins (paired) | UCB1 (c = 0.2) | "
+             "Thompson | paper RL² / Gittins | iterations, env steps | train time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in sorted(d["entries"].values(), key=lambda e: (-e["n_pulls"], e["n_arms"], e["agent"])):
         r, g, diff, b = e["result"], e["baselines"]["gittins"], e["minus_gittins"], e["baselines"]
