@@ -251,7 +251,18 @@ class FewShotEvaluation:
 
     @property
     def stats(self) -> list[MeanCI]:
-        return [mean_ci95(self.per_episode[:, k]) for k in range(self.per_episode.shape[1])]
+        """Mean ± 95% CI per stage; a stage where adaptation diverged on some episode (a non-finite MSE) is
+        reported as an infinite mean rather than averaged over the episodes that survived."""
+        out = []
+        for k in range(self.per_episode.shape[1]):
+            v = self.per_episode[:, k]
+            out.append(mean_ci95(v) if np.isfinite(v).all() else MeanCI(math.inf, math.nan, len(v), math.nan))
+        return out
+
+    @property
+    def diverged(self) -> list[int]:
+        """Episodes with a non-finite query metric, per stage."""
+        return (~np.isfinite(self.per_episode)).sum(0).tolist()
 
     @property
     def final(self) -> MeanCI:
@@ -274,7 +285,7 @@ class FewShotEvaluation:
     def to_dict(self) -> dict[str, Any]:
         s = self.stats
         return {"learner": self.learner, "metric": self.metric, "protocol": self.protocol,
-                "final": s[-1].to_dict(), "stages": [x.to_dict() for x in s],
+                "final": s[-1].to_dict(), "stages": [x.to_dict() for x in s], "diverged_episodes": self.diverged,
                 "per_episode": self.per_episode.tolist()}
 
 

@@ -145,3 +145,15 @@ def test_bad_input_gets_one_clear_error_before_any_work(case: int, tmp_path: Pat
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "X").exists()
+
+
+def test_a_diverged_adaptation_is_reported_not_averaged_away() -> None:
+    import math
+
+    import numpy as np
+
+    from metarl.fewshot import FewShotEvaluation
+
+    ev = FewShotEvaluation("metasgd", "mse", np.array([[1.0, 0.5, 2.0], [1.0, 0.3, math.inf]]), {})
+    assert ev.stats[1].mean == pytest.approx(0.4) and ev.stats[2].mean == math.inf
+    assert ev.diverged == [0, 0, 1] and ev.to_dict()["diverged_episodes"] == [0, 0, 1]
