@@ -90,7 +90,7 @@ def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int
         entry["later_minus_episode1"] = mean_ci95(gain).to_dict()
     refs = {f"MAML-RL ({k}, per gradient step)": v["mean"] for k, v in (maml or {"curves": {}})["curves"].items()}
     png = RESULTS.with_name(f"rl2_trials_{name}.png") if not quick else Path(tempfile.mkdtemp()) / "trials.png"
-    plot_curves(curves, png, f"{agent.upper()} on {env}: return per episode of a trial ({n_test} test tasks)",
+    plot_curves(curves, png, f"{agent.upper()} on {env.split('/')[-1]}: return per episode ({n_test} test tasks)",
                 stage_label="episode of the trial (0 = first) / MAML-RL: gradient steps", references=refs)
     entry["png"] = png.name
     return entry
