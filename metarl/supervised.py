@@ -25,7 +25,8 @@ BatchNorm policy at prediction (reported with every number):
 
 - ``"transductive"``: the query set is normalised with its own batch statistics (MAML's reference
   code, and the setting of Reptile's "transductive" numbers): predictions of one query depend on the
-  other queries.
+  other queries, and on how many there are: test with as many queries per class as in meta-training
+  (a MAML 5-way 1-shot model meta-trained with 1 query per class lost ~2.5 points when tested with 15).
 - ``"per-query"``: each query is forwarded in a batch made of the support set plus that query alone
   (Nichol et al. 2018's non-transductive evaluation): no query influences another.
 
