@@ -202,3 +202,39 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
     d = json.loads(out.read_text())
     assert d["provenance"]["wall_time_s"] > 0 and "machine" in d["provenance"]
     assert "|" in proc.stdout  # the README table rendered by the script's readme_table
+
+
+def test_running_value_statistics_are_the_statistics_of_every_target_seen() -> None:
+    from metarl.recurrent import RecurrentActorCritic
+
+    envs = TaskEnvs("metarl/Navigation2D-v0")
+    model = RecurrentActorCritic(GRUCore(5, 4), envs.observation_space, envs.action_space, normalize_values=True)
+    g = torch.Generator().manual_seed(0)
+    seen = []
+    for _ in range(3):
+        targets = torch.randn(7, 5, generator=g) * 30 - 50
+        mask = (torch.rand(7, 5, generator=g) > 0.3).float()
+        model.update_value_stats(targets, mask)
+        seen.append(targets[mask > 0].double())
+    all_seen = torch.cat(seen)
+    torch.testing.assert_close(model.value_mean, all_seen.mean())
+    torch.testing.assert_close(model.value_var, all_seen.var(unbiased=False))
+    out = torch.randn(3, 4, generator=g)
+    _, values = model.heads(out, torch.zeros(3))
+    raw = model.v(out).squeeze(-1)
+    torch.testing.assert_close(values, raw * all_seen.var(unbiased=False).sqrt().float() + all_seen.mean().float())
+
+
+@pytest.mark.slow
+def test_policy_learns_on_trials_with_large_returns() -> None:
+    """Navigation2D trials return about -150: with raw value targets the value loss fills the clipped
+    gradient of the shared core and the policy barely moves (-154 -> -138 in 12 iterations, measured);
+    with normalised targets it learns (-154 -> -111)."""
+    envs = TaskEnvs("metarl/Navigation2D-v0")
+    agent = RL2Agent(envs, RL2Config(meta_batch_size=32, hidden_size=32, gae_lambda=0.95), seed=0)
+    returns = []
+    for it in range(12):
+        torch.manual_seed(it)
+        returns.append(agent.meta_train_step(envs.sample_tasks(32, np.random.default_rng([0, it])))
+                       ["rollout/return_mean"])
+    assert np.mean(returns[-3:]) > returns[0] + 25, returns
