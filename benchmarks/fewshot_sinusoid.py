@@ -15,7 +15,9 @@ Setups:
   one step (the Meta-SGD paper does not list its sinusoid meta-batch or iteration count).
 - ``lstm-opt``: the coordinate-wise LSTM optimizer (Andrychowicz et al.; 2 layers x 20, preprocessing
   p = 10, output x 0.1) with a meta-learned initialisation, 5 unrolled steps, meta-batch 4: about 20x the
-  cost of a MAML iteration per task, so fewer iterations (``LSTM_ITERATIONS``); no published number.
+  cost of a MAML iteration per task, so fewer iterations (``LSTM_ITERATIONS``, or ``--iterations``); no
+  published number. ``lstm-opt-ravi``: the same with Ravi & Larochelle's cell (learned forget and input
+  gates on the parameters as cell state).
 
 Targets (Meta-SGD paper, Table 1; MSE at 5 / 10 shots): MAML 1.13 / 0.77, Meta-SGD 0.90 / 0.53.
 
@@ -47,14 +49,17 @@ SETUPS: dict[str, dict[str, Any]] = {
     "maml": {"meta_batch_size": 25, "inner_lr": 0.01, "inner_steps": 1, "eval_steps": 1, "outer_lr": 1e-3},
     "metasgd": {"meta_batch_size": 25, "inner_steps": 1, "eval_steps": 1, "outer_lr": 1e-3},
     "lstm-opt": {"meta_batch_size": 4, "inner_steps": 5, "eval_steps": 5, "outer_lr": 1e-3},
+    "lstm-opt-ravi": {"variant": "ravi", "meta_batch_size": 4, "inner_steps": 5, "eval_steps": 5, "outer_lr": 1e-3},
 }
+LEARNER = {"maml": "maml", "metasgd": "metasgd", "lstm-opt": "lstm-opt", "lstm-opt-ravi": "lstm-opt"}
+LABELS = {"maml": "MAML (1 step)", "metasgd": "Meta-SGD (1 step)", "lstm-opt": "LSTM optimizer (5 steps)",
+          "lstm-opt-ravi": "LSTM optimizer, Ravi & Larochelle cell (5 steps)"}
 
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of a results file written by this script."""
     rows = ["| learner | 5 shots | 10 shots | paper (5 / 10) | meta-training |", "| --- | --- | --- | --- | --- |"]
-    for learner, label in (("maml", "MAML (1 step)"), ("metasgd", "Meta-SGD (1 step)"),
-                           ("lstm-opt", "LSTM optimizer (5 steps)")):
+    for learner, label in LABELS.items():
         cells, budget = [], ""
         for shots in (5, 10):
             e = d["entries"].get(f"{learner}-{shots}shot")
@@ -84,14 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (Path(tempfile.mkdtemp()) / "fewshot_sinusoid.json" if args.quick else RESULTS)
     t0 = time.perf_counter()
     entries = {}
-    for learner in args.learners:
+    for setup in args.learners:
+        learner = LEARNER[setup]
         for shots in args.shots:
-            key = f"{learner}-{shots}shot"
+            key = f"{setup}-{shots}shot"
             full = LSTM_ITERATIONS if learner == "lstm-opt" else PAPER_ITERATIONS
             iterations = 3 if args.quick else (args.iterations or full)
             target = TARGETS.get((learner, shots))
             entry = run_setting(
-                key, learner, FewShotDataConfig(dataset="sinusoid", shots=shots, queries=100), SETUPS[learner],
+                key, learner, FewShotDataConfig(dataset="sinusoid", shots=shots, queries=100), SETUPS[setup],
                 iterations=iterations, test_episodes=20 if args.quick else args.test_tasks,
                 test_budget=-1, target={"value": target,
                                         "source": "Meta-SGD paper, Table 1" if target else "none published"},
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = entry["protocol"]["reported_after_steps"]
             entry["reduced"] = iterations < full or (learner == "lstm-opt")
             entry["reduction"] = ("" if not entry["reduced"] else
-                                  f"{iterations:,} iterations x {SETUPS[learner]['meta_batch_size']} tasks")
+                                  f"{iterations:,} iterations x {SETUPS[setup]['meta_batch_size']} tasks")
             entries[key] = entry
             print(f"{key}: test MSE {fmt(entry['test'], 3)} after {steps} step(s) "
                   f"(target {target}); trained {entry['training']['wall_time_s']:.0f} s", file=sys.stderr)

@@ -29,7 +29,7 @@ def test_sinusoid_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.Monkey
     bench = _script("fewshot_sinusoid")
     assert bench.main(["--quick", "--out", str(out), "--no-progress", "--shots", "5"]) == 0
     d = json.loads(out.read_text())
-    assert set(d["entries"]) == {"maml-5shot", "metasgd-5shot", "lstm-opt-5shot"}
+    assert set(d["entries"]) == {"maml-5shot", "metasgd-5shot", "lstm-opt-5shot", "lstm-opt-ravi-5shot"}
     e = d["entries"]["maml-5shot"]
     assert e["metric"] == "mse" and e["test"]["n"] == 20 and len(e["curve"]) == 11  # curve to 10 steps
     assert e["protocol"]["reported_after_steps"] == 1 and e["target"]["value"] == 1.13
