@@ -250,7 +250,7 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
     keep = (data["mask"].sum(0) > 0).nonzero(as_tuple=True)[0]  # chunks past a short trial's end hold nothing
     n_cols = int(keep.numel())
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
-                                                   "approx_kl")}
+                                                   "approx_kl", "grad_norm")}
     for _ in range(s.epochs):
         perm = keep[torch.randperm(n_cols, device=keep.device)]
         for idx in perm.chunk(min(s.minibatches, n_cols)):
@@ -263,17 +263,26 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
             loss = terms.loss + s.value_coef * v_loss - s.entropy_coef * entropy
             optimizer.zero_grad()
             loss.backward()
-            if s.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            # Logged before clipping: the diagnostic that exposed the value loss filling the shared core's
+            # gradient (module docstring).
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm or math.inf)
             optimizer.step()
             for k, v in (("loss", loss), ("policy_loss", terms.loss), ("value_loss", v_loss), ("entropy", entropy),
-                         ("clip_fraction", terms.clip_fraction), ("approx_kl", terms.approx_kl)):
+                         ("clip_fraction", terms.clip_fraction), ("approx_kl", terms.approx_kl),
+                         ("grad_norm", grad_norm)):
                 stats[k].append(float(v.item()))
     return {f"train/{k}": float(np.mean(v)) for k, v in stats.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # configuration and the learner shared by RL² and MANN
+
+
+def linear_schedule(start: float, end: float, iterations: int, iteration: int) -> float:
+    """``start`` at iteration 0, ``end`` from ``iterations`` on, linear in between; ``iterations == 0``: ``start``."""
+    if iterations == 0:
+        return start
+    return start + min(iteration / iterations, 1.0) * (end - start)
 
 
 @dataclass(frozen=True)
@@ -286,7 +295,9 @@ class TrialPPOConfig:
     bptt_chunk: int = option(0, "rows per truncated-BPTT chunk (0: backpropagate through whole trials)")
     gamma: float = option(0.99, "discount over the trial (RL² paper: 0.99)")
     gae_lambda: float = option(0.3, "GAE lambda over the trial (RL² paper, bandits: 0.3)")
-    lr: float = option(1e-3, "Adam learning rate")
+    lr: float = option(1e-3, "Adam learning rate at iteration 0")
+    lr_final: float = option(0.0, "learning rate after lr_decay_iterations (linear in between)")
+    lr_decay_iterations: int = option(0, "iterations over which the learning rate decays to lr_final (0: constant)")
     ppo_epochs: int = option(4, "passes over each batch of trials")
     minibatches: int = option(4, "minibatches (of whole trials or chunks) per pass")
     clip: float = option(0.2, "PPO clipping range epsilon")
@@ -312,15 +323,17 @@ class TrialPPOConfig:
         require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         for name in ("lr", "clip", "init_std", "reward_scale"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations", "max_grad_norm"):
+        for name in ("value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations", "max_grad_norm",
+                     "lr_final", "lr_decay_iterations"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     def entropy_at(self, iteration: int) -> float:
         """``c_H`` of ``iteration``: linear from ``entropy_coef`` to ``entropy_coef_final``."""
-        if self.entropy_decay_iterations == 0:
-            return self.entropy_coef
-        frac = min(iteration / self.entropy_decay_iterations, 1.0)
-        return self.entropy_coef + frac * (self.entropy_coef_final - self.entropy_coef)
+        return linear_schedule(self.entropy_coef, self.entropy_coef_final, self.entropy_decay_iterations, iteration)
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of ``iteration``: linear from ``lr`` to ``lr_final``."""
+        return linear_schedule(self.lr, self.lr_final, self.lr_decay_iterations, iteration)
 
     def ppo_settings(self, iteration: int) -> PPOSettings:
         return PPOSettings(self.ppo_epochs, self.minibatches, self.clip, self.value_coef, self.entropy_at(iteration),
@@ -409,11 +422,14 @@ class TrialPPOLearner:
         c = self.config
         batch = self.collect(tasks, c.trials_per_task, c.episodes_per_trial,
                              seed=self.seed * 1_000_003 + self.steps_done * 7919)
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.lr_at(self.steps_done)
         metrics = recurrent_ppo_update(self.model, self.optimizer, batch, c.ppo_settings(self.steps_done))
         self.steps_done += 1
         per_episode = batch.episode_returns.mean(0)
         metrics.update({
             "train/entropy_coef": c.entropy_at(self.steps_done - 1),
+            "train/lr": c.lr_at(self.steps_done - 1),
             "rollout/return_mean": float(batch.trial_returns.mean()),
             "rollout/first_episode_return": float(per_episode[0]),
             "rollout/last_episode_return": float(per_episode[-1]),
@@ -459,4 +475,5 @@ class TrialPPOLearner:
 
 
 __all__ = ["AdaptedMemoryPolicy", "MemoryCore", "PPOSettings", "RecurrentActorCritic", "TrialPPOConfig",
-           "TrialPPOLearner", "recurrent_ppo_update", "to_chunks", "trial_advantages", "unroll_by_steps"]
+           "TrialPPOLearner", "linear_schedule", "recurrent_ppo_update", "to_chunks", "trial_advantages",
+           "unroll_by_steps"]

@@ -129,6 +129,33 @@ def test_core_state_layout_and_cleared_memory(controller: str) -> None:
     assert out.shape == (7, 4, core.output_size)
 
 
+@pytest.mark.parametrize("controller", ["lstm", "gru"])
+def test_fast_unroll_has_the_gradients_of_step_by_step(controller: str) -> None:
+    """``unroll`` keeps the state unpacked and stacks the head layers once per sequence; the parameter
+    gradients must be those of ``T`` calls of ``step`` (float64)."""
+    core = _core(controller)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, 6, generator=g, dtype=torch.float64)
+    s0 = core.initial_state(3, "cpu") + 0.1 * torch.rand(3, core.state_size, generator=g, dtype=torch.float64)
+    weights = torch.randn(6, 3, core.output_size, generator=g, dtype=torch.float64)
+
+    def grads(unroll: bool) -> list[torch.Tensor]:
+        out, s = core.unroll(x, s0) if unroll else unroll_by_steps(core.step, x, s0)
+        return list(torch.autograd.grad((out * weights).sum() + s.square().sum(), list(core.parameters())))
+
+    for fast, slow in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+def test_circular_shift_equals_the_sum_over_rolled_copies() -> None:
+    """The gathered convolution equals its definition, sum_o s(o) roll(w, o), for a wider shift range."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.softmax(torch.randn(2, 3, 7, generator=g, dtype=torch.float64), -1)
+    s = torch.softmax(torch.randn(2, 3, 5, generator=g, dtype=torch.float64), -1)  # offsets -2..2
+    expected = sum(s[..., o + 2, None] * torch.roll(w, o, dims=-1) for o in range(-2, 3))
+    torch.testing.assert_close(circular_shift(w, s), expected)
+
+
 def test_memory_carries_across_episodes_and_starts_cleared() -> None:
     envs = TaskEnvs("metarl/TabularMDP-v0", {"horizon": 4})
     agent = MANNAgent(envs, MANNConfig(meta_batch_size=2, controller_size=8, memory_slots=4, memory_width=3))

@@ -75,6 +75,20 @@ def test_meta_train_step_changes_parameters_and_reports_metrics() -> None:
     assert any(not torch.equal(before[k], v) for k, v in agent.model.state_dict().items())
 
 
+def test_learning_rate_and_entropy_schedules_are_linear_then_constant() -> None:
+    from metarl.recurrent import linear_schedule
+
+    assert [linear_schedule(1.0, 0.2, 4, i) for i in range(6)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2])
+    assert linear_schedule(3.0, 0.0, 0, 10) == 3.0  # 0 iterations: constant
+    agent = _agent(lr=1e-2, lr_final=2e-3, lr_decay_iterations=2, entropy_coef=0.1, entropy_coef_final=0.0,
+                   entropy_decay_iterations=4)
+    seen = []
+    for it in range(3):
+        m = agent.meta_train_step(agent.envs.sample_tasks(4, np.random.default_rng(it)))
+        seen += [m["train/lr"], agent.optimizer.param_groups[0]["lr"], m["train/entropy_coef"]]
+    assert seen == pytest.approx([1e-2, 1e-2, 0.1, 6e-3, 6e-3, 0.075, 2e-3, 2e-3, 0.05])
+
+
 def test_adapt_many_reports_one_stage_per_episode_and_continues_the_trial() -> None:
     agent = _agent()
     tasks = agent.envs.sample_tasks(3, np.random.default_rng(1), split="test")
@@ -103,6 +117,7 @@ def test_box_actions_train_and_adapt() -> None:
     ("episodes_per_trial", 0, "episodes_per_trial must be >= 1, got 0"),
     ("gae_lambda", 1.5, "gae_lambda must be in [0, 1], got 1.5"),
     ("bptt_chunk", -1, "bptt_chunk must be >= 0"),
+    ("lr_decay_iterations", -1, "lr_decay_iterations must be >= 0, got -1"),
 ])
 def test_bad_config_values_are_rejected(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
