@@ -93,7 +93,7 @@ def cartpole_table() -> str:
     return "\n".join(lines)
 
 
-SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole")
+SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole", "fewshot_omniglot", "fewshot_sinusoid")
 """Results files whose README table is rendered by ``readme_table(d)`` in the script of the same name."""
 
 

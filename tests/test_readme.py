@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_custom_task_example_is_the_example_file() -> None:
+@pytest.mark.parametrize("example", ["custom_pendulum.py", "fewshot_classify.py"])
+def test_readme_examples_are_the_example_files(example: str) -> None:
+    """The README's Python examples are the tested example files (after their docstring), verbatim."""
     readme = (ROOT / "README.md").read_text()
-    example = (ROOT / "examples" / "custom_pendulum.py").read_text()
-    body = example.split('"""', 2)[2].lstrip("\n")
+    body = (ROOT / "examples" / example).read_text().split('"""', 2)[2].lstrip("\n")
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    assert body in blocks, "README's custom task example differs from examples/custom_pendulum.py"
+    assert body in blocks, f"README's example differs from examples/{example}"
 
 
 def test_readme_starts_with_the_two_commands() -> None:
