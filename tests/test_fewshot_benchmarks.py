@@ -52,4 +52,6 @@ def test_omniglot_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.Monkey
     assert d["entries"]["maml-5w1s"]["protocol"]["transductive"] is True
     assert all(e["reduced"] and e["test"]["n"] == 4 for e in d["entries"].values())
     table = bench.readme_table(d)
-    assert table.count("\n") == 1 + len(bench.SETTINGS) + 2  # header, rule, one row per test shape
+    rows = [line for line in table.splitlines() if line.startswith("| ")][2:]  # after the header and rule
+    assert len(rows) == len(bench.SETTINGS) + 2  # one per setting, plus the 20-way tests of the two ProtoNet settings
+    assert table.startswith("### Few-shot Omniglot") and "`python benchmarks/fewshot_omniglot.py`" in table
