@@ -51,3 +51,26 @@ def test_maml_quick_run_side_by_side(tmp_path: Path) -> None:
     assert row["fastest_peer"] in maml.PEERS and row["speedup_vs_fastest_peer"]["median"] > 0
     assert all(v <= maml.AGREEMENT_RTOL for a in d["agreement"] for v in a["relative_error_vs_metarl"].values())
     assert "| 2nd order, meta-batch 2, 1 step |" in maml.readme_table(d)
+
+
+def test_batch_stat_norm_fused_path_equals_plain_ops_to_second_order() -> None:
+    """metarl.nets.BatchStatNorm2d runs F.batch_norm outside torch.func transforms (the speed-up measured by
+    the MAML benchmark) and plain ops inside them; both must agree in value, gradient and double backward."""
+    from metarl.nets import BatchStatNorm2d
+
+    torch.manual_seed(0)
+    bn = BatchStatNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+
+    def outputs(fused: bool) -> list[torch.Tensor]:
+        y = bn(x) if fused else torch.func.vmap(bn)(x.unsqueeze(0))[0]  # under vmap: the plain ops
+        first = torch.autograd.grad((y * v).pow(2).sum(), (x, bn.weight), create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), (x, bn.weight, bn.bias))
+        return [y, *first, *second]
+
+    for fused, plain in zip(outputs(True), outputs(False), strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)

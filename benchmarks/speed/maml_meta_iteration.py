@@ -31,9 +31,10 @@ each (order, steps) must match metarl's (relative error of the whole gradient ve
 script stops before timing anything. (2) Timing: each (setting, implementation) runs in its own fresh
 process (its peak RSS is its own), one warm-up meta-iteration then ``--iters`` timed ones; rounds repeat
 the whole grid with the implementations interleaved in a rotating order. Reported per setting: seconds
-per meta-iteration (median / min / max over all timed iterations), ratio ``peer / metarl`` per round
-(median / min / max), peak RSS and its increase over the RSS before the first iteration, and the host's
-load average. Target (issue): metarl >= 2x the fastest peer on CPU (>= 5x on a GPU), memory no higher.
+per meta-iteration (median / min / max over all timed iterations; wall clock, and the process's CPU
+time, which other jobs on a shared host disturb less), ratio ``peer / metarl`` per round (median / min /
+max), peak RSS and its increase over the RSS before the first iteration, and the host's load average.
+Target (issue): metarl >= 2x the fastest peer on CPU (>= 5x on a GPU), memory no higher.
 
 Run: ``python benchmarks/speed/maml_meta_iteration.py`` (about half an hour on 2 loaded cores) or
 ``--quick`` (one small setting, every worker in this process, a temporary output file).
@@ -306,13 +307,15 @@ def worker(name: str, s: Setting, iters: int, threads: int, device: str, seed: i
     before = rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         impl.step(batch)
         sync()
         times.append(time.perf_counter() - t0)
-    out = {"times_s": times, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "batching": impl.batching}
+        cpu_times.append(time.process_time() - c0)
+    out = {"times_s": times, "cpu_times_s": cpu_times, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+           "batching": impl.batching}
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -386,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 "interleaved in a rotating order" if not args.quick else
                                 "--quick: all workers in this process (peak memory is not per implementation)",
                      "ratio": "peer seconds / metarl seconds, per round (medians of the worker's timed "
-                              "iterations), then median/min/max over rounds"},
+                              "iterations), then median/min/max over rounds",
+                     "cpu_ratio": "the same on the process's CPU time (time.process_time), less sensitive to "
+                                  "other jobs on a shared host"},
         "peers": {"higher": "0.2.1, innerloop_ctx per task", "torchopt": "0.7.3, MetaSGD + extract/recover_state_dict "
                   "(second order), functional sgd (first order)", "torch.func": "grad of functional_call, loop "
                   "over tasks", "learn2learn": {"status": "skipped" if l2l else "available", "reason": l2l}},
@@ -411,11 +416,13 @@ def statistics_line(times: Sequence[float]) -> str:
 def summarise(s: Setting, impls: Sequence[str], raw: dict[tuple[Setting, str], list[dict[str, Any]]]
               ) -> dict[str, Any]:
     per_round = {n: [summary(r["times_s"])["median"] for r in raw[(s, n)]] for n in impls}
+    cpu_round = {n: [summary(r["cpu_times_s"])["median"] for r in raw[(s, n)]] for n in impls}
     result: dict[str, Any] = {"setting": asdict(s), "name": s.name, "implementations": {}}
     for n in impls:
         runs = raw[(s, n)]
         result["implementations"][n] = {
             "seconds": summary([t for r in runs for t in r["times_s"]]),
+            "cpu_seconds": summary([t for r in runs for t in r["cpu_times_s"]]),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "workload_rss_mb": max(r["peak_rss_mb"] - r["rss_before_mb"] for r in runs),
             "batching": runs[0]["batching"],
@@ -423,6 +430,7 @@ def summarise(s: Setting, impls: Sequence[str], raw: dict[tuple[Setting, str], l
         }
         if n != "metarl":
             result["implementations"][n]["ratio_vs_metarl"] = paired_ratios(per_round[n], per_round["metarl"])
+            result["implementations"][n]["cpu_ratio_vs_metarl"] = paired_ratios(cpu_round[n], cpu_round["metarl"])
     peers = [n for n in impls if n in PEERS]
     fastest = min(peers, key=lambda n: result["implementations"][n]["seconds"]["median"])
     m = result["implementations"]["metarl"]
