@@ -74,3 +74,46 @@ def test_batch_stat_norm_fused_path_equals_plain_ops_to_second_order() -> None:
 
     for fused, plain in zip(outputs(True), outputs(False), strict=True):
         torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_run_all_quick_protonet_part(tmp_path: Path) -> None:
+    """run_all.py --quick --only protonet: the plain-torch ProtoNet agrees with metarl's in float64, then
+    both are timed (no peer library needed)."""
+    import protonet_episode
+    import run_all
+
+    assert run_all.main(["--quick", "--only", "protonet", "--out-dir", str(tmp_path)]) == 0
+    d = json.loads((tmp_path / "speed_protonet.json").read_text())
+    check = d["agreement"][0]
+    assert check["loss_relative_error"] <= 1e-9 and check["gradient_relative_error"] <= 1e-9
+    row = d["rows"][0]
+    assert row["implementations"]["metarl"]["episodes_per_s"]["median"] > 0
+    assert row["ratio_plain_vs_metarl"]["median"] > 0 and d["load_average"]["before"]
+    assert "| 5-way 1-shot, 3 queries/class |" in protonet_episode.readme_table(d)
+
+
+def test_protonet_plain_prototypes_need_class_major_support() -> None:
+    """The agreement check is not vacuous: shuffling the support set breaks the plain view(ways, shots)
+    prototypes (metarl's go by label) and the losses differ."""
+    import protonet_episode as pe
+
+    s = pe.Setting(5, 2, 3)
+    e = pe.episode(s, 1, torch.float64)
+    perm = torch.randperm(e.support_x.shape[0], generator=torch.Generator().manual_seed(0))
+    shuffled = type(e)(e.support_x[perm], e.support_y[perm], e.query_x, e.query_y, ways=e.ways)
+    metarl = pe.Implementation("metarl", 5, torch.float64, 0).step(shuffled)
+    plain = pe.Implementation("plain torch", 5, torch.float64, 0).step(shuffled)
+    assert abs(metarl - plain) > 1e-6
+
+
+def test_rollout_quick_run(tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    import rollout_collection
+
+    out = tmp_path / "speed_rollout.json"
+    d = rollout_collection.main(["--quick", "--out", str(out)])
+    assert {r["env_id"] for r in d["rows"]} == set(rollout_collection.ENVS)
+    for r in d["rows"]:
+        assert all(r["steps_per_s"][k]["median"] > 0 for k in ("metarl", "metarl + advantages", "sb3"))
+        assert r["ratio_vs_sb3"]["median"] > 0
+    assert "metarl/Navigation2D-v0 | 4 |" in rollout_collection.readme_table(json.loads(out.read_text()))

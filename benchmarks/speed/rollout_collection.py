@@ -15,7 +15,7 @@ H = 100) and ``metarl/CartPoleDynamics-v0`` (2 discrete actions, H = 200), for `
 
 Both use one torch thread. Each measurement is repeated (implementations interleaved, so drift on a shared
 host hits all of them) and reported as median / min / max steps per second; ``ratio`` is metarl's median
-over SB3's. Target (issue): metarl >= SB3 on the same env and policy size.
+over SB3's, per round. Target (issue): metarl >= SB3 on the same env and policy size.
 
 Run: ``python benchmarks/speed/rollout_collection.py`` (a few minutes) or ``--quick`` (seconds).
 Results: ``benchmarks/results/speed_rollout.json``.
@@ -24,7 +24,9 @@ Results: ``benchmarks/results/speed_rollout.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,13 +37,17 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarl.pg import task_advantages
-from metarl.policies import make_policy
-from metarl.provenance import write_results
-from metarl.registry import make_env
-from metarl.rollout import TaskEnvs, task_policy_act_fn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS as RESULTS_DIR  # noqa: E402
+from common import fmt_rate, load_average, machine_line, paired_ratios, peak_rss_mb  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "speed_rollout.json"
+from metarl.pg import task_advantages  # noqa: E402
+from metarl.policies import make_policy  # noqa: E402
+from metarl.provenance import write_results  # noqa: E402
+from metarl.registry import make_env  # noqa: E402
+from metarl.rollout import TaskEnvs, task_policy_act_fn  # noqa: E402
+
+RESULTS = RESULTS_DIR / "speed_rollout.json"
 ENVS = ("metarl/Navigation2D-v0", "metarl/CartPoleDynamics-v0")
 
 
@@ -90,18 +96,23 @@ def sb3_collector(env_id: str, n_envs: int) -> Callable[[int], int]:
     return run
 
 
-def measure(collectors: dict[str, Callable[[int], int]], repeats: int) -> dict[str, dict[str, Any]]:
-    """Steps/s of each collector: one warm-up call, then ``repeats`` rounds, collectors interleaved."""
+def measure(collectors: dict[str, Callable[[int], int]], repeats: int) -> dict[str, list[float]]:
+    """Steps/s of each collector per round: one warm-up call, then ``repeats`` rounds, collectors interleaved
+    in a rotating order."""
     rates: dict[str, list[float]] = {name: [] for name in collectors}
     for run in collectors.values():
         run(0)
+    names = list(collectors)
     for r in range(repeats):
-        for name, run in collectors.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            steps = run(r + 1)
+            steps = collectors[name](r + 1)
             rates[name].append(steps / (time.perf_counter() - t0))
-    return {name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
-            for name, v in rates.items()}
+    return rates
+
+
+def spread(v: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -112,39 +123,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     wall = time.perf_counter()
+    load_before = load_average()
     sizes = (4,) if args.quick else (8, 64, 1024)
     repeats = args.repeats or (1 if args.quick else 5)
     out = args.out or (Path(tempfile.mkdtemp()) / "speed_rollout.json" if args.quick else RESULTS)
     rows = []
     for env_id in ENVS:
         for n in sizes:
-            stats = measure({"metarl": metarl_collector(env_id, n, False),
+            rates = measure({"metarl": metarl_collector(env_id, n, False),
                              "metarl + advantages": metarl_collector(env_id, n, True),
                              "sb3": sb3_collector(env_id, n)}, repeats)
-            ratio = stats["metarl + advantages"]["median"] / stats["sb3"]["median"]
-            rows.append({"env_id": env_id, "n_envs": n, "steps_per_s": stats, "ratio_vs_sb3": ratio})
+            stats = {name: spread(v) for name, v in rates.items()}
+            # steps/s of metarl over SB3's, per round (collected back to back)
+            ratio = paired_ratios(rates["metarl + advantages"], rates["sb3"])
+            rows.append({"env_id": env_id, "n_envs": n, "steps_per_s": stats, "ratio_vs_sb3": ratio,
+                         "ratio_collect_only_vs_sb3": paired_ratios(rates["metarl"], rates["sb3"])})
             print(f"{env_id:28s} {n:5d} envs: metarl {stats['metarl']['median']:10.0f}  "
                   f"+adv {stats['metarl + advantages']['median']:10.0f}  sb3 {stats['sb3']['median']:8.0f} "
-                  f"steps/s  ({ratio:.1f}x)", flush=True)
-    payload = {"benchmark": "speed_rollout", "quick": args.quick, "repeats": repeats, "policy": "MLP 2x64 tanh",
+                  f"steps/s  ({ratio['median']:.1f}x)", flush=True)
+    payload = {"benchmark": "speed_rollout", "quick": args.quick, "repeats": repeats, "threads": 1,
+               "policy": "MLP 2x64 tanh",
+               "ratio": "metarl + advantages steps/s over SB3's, per round, then median/min/max over rounds",
+               "memory": "peak RSS of the whole run (all collectors share one process)",
+               "peak_rss_mb": peak_rss_mb(), "load_average": {"before": load_before, "after": load_average()},
                "target": "metarl >= SB3 steps/s on the same env and policy size", "rows": rows}
     write_results(out, payload, wall_time_s=time.perf_counter() - wall)
+    print(readme_table(payload | {"provenance": json.loads(out.read_text())["provenance"]}))
     print(f"wrote {out}")
     return payload
 
 
 def readme_table(d: dict[str, Any]) -> str:
-    from adaptation_common import machine_line  # type: ignore[import-not-found]
-
-    lines = ["### Rollout collection with a policy in the loop (steps/s, MLP 2x64 tanh, 1 thread)", "",
+    """The README's table: steps/s (medians) and the paired ratio metarl + advantages / SB3."""
+    lines = ["### Rollout collection with a policy in the loop (steps/s, MLP 2x64 tanh, 1 thread; ratio = metarl + "
+             "advantages / SB3, median [min, max])", "",
              f"`python benchmarks/speed/rollout_collection.py` ({machine_line(d)})", "",
              "| env | envs | metarl | metarl + advantages | SB3 PPO collect_rollouts | ratio |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in d["rows"]:
-        s = r["steps_per_s"]
-        lines.append(f"| {r['env_id']} | {r['n_envs']} | {s['metarl']['median']:,.0f} | "
-                     f"{s['metarl + advantages']['median']:,.0f} | {s['sb3']['median']:,.0f} | "
-                     f"{r['ratio_vs_sb3']:.1f}x |")
+        s, q = r["steps_per_s"], r["ratio_vs_sb3"]
+        lines.append(f"| {r['env_id']} | {r['n_envs']} | {fmt_rate(s['metarl']['median'])} | "
+                     f"{fmt_rate(s['metarl + advantages']['median'])} | {fmt_rate(s['sb3']['median'])} | "
+                     f"{q['median']:.1f}x [{q['min']:.1f}, {q['max']:.1f}] |")
     return "\n".join(lines)
 
 
