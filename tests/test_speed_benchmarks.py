@@ -117,3 +117,13 @@ def test_rollout_quick_run(tmp_path: Path) -> None:
         assert all(r["steps_per_s"][k]["median"] > 0 for k in ("metarl", "metarl + advantages", "sb3"))
         assert r["ratio_vs_sb3"]["median"] > 0
     assert "metarl/Navigation2D-v0 | 4 |" in rollout_collection.readme_table(json.loads(out.read_text()))
+
+
+def test_end_to_end_reads_committed_training_logs(tmp_path: Path) -> None:
+    import end_to_end
+
+    d = end_to_end.main(["--quick", "--out", str(tmp_path / "e2e.json")])
+    assert len(d["rows"]) == 3
+    for r in d["rows"]:
+        assert r["training_wall_time_s"] > 0 and r["reached"] == (r["test_value"] >= r["target"])
+    assert "| MAML-RL Navigation2D" in end_to_end.readme_table(d)

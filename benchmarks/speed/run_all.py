@@ -10,6 +10,8 @@ Parts (``--only`` names):
 - ``protonet``: ``protonet_episode.py``, metarl vs plain torch -> ``speed_protonet.json``
 - ``rollout``: ``rollout_collection.py``, metarl vs Stable-Baselines3 PPO collection -> ``speed_rollout.json``
 - ``env``: ``benchmarks/env_throughput.py``, batched twins vs ``SyncVectorEnv`` -> ``speed_env.json``
+- ``end_to_end``: ``end_to_end.py``, wall-clock to targets read from committed training logs (no training)
+  -> ``speed_end_to_end.json``
 
 The parts run one after the other (never two timed jobs at once on a shared host), one torch thread each
 (``OMP_NUM_THREADS=1``). The peers come from ``benchmarks/speed/requirements.txt``; a part whose peer is
@@ -34,6 +36,7 @@ PARTS = {
     "protonet": (HERE / "protonet_episode.py", "speed_protonet.json"),
     "rollout": (HERE / "rollout_collection.py", "speed_rollout.json"),
     "env": (HERE.parent / "env_throughput.py", "speed_env.json"),
+    "end_to_end": (HERE / "end_to_end.py", "speed_end_to_end.json"),
 }
 
 
