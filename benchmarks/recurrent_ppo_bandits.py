@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -176,8 +177,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          learning_rate=1e-3, ent_coef=0.01, policy_kwargs={"lstm_hidden_size": args.lstm},
                          seed=args.seed, device="cpu", **ref_config)
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     model.learn(total_timesteps=timesteps)
     train_s = time.perf_counter() - t0
+    load_end = os.getloadavg()[0]
     tasks = BanditEnv(n_arms=args.k).sample_tasks(n_test, np.random.default_rng(0), split="test")
     eval_envs = DummyVecEnv([lambda t=t: TrialWrapper(BanditEnv(n_arms=args.k, n_pulls=args.n, task=t), None)
                              for t in tasks])
@@ -200,7 +203,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "n_epochs": 4, "learning_rate": 1e-3, "ent_coef": 0.01, **ref_config,
                   "test": {"n_bandits": n_test, "split": "test", "task_seed": 0, "reward_seed": 0},
                   "quick": args.quick},
-        "timesteps": timesteps, "train_wall_time_s": train_s, "env_steps_per_s": timesteps / max(train_s, 1e-9),
+        "timesteps": timesteps, "train_wall_time_s": train_s,
+        # the machine is shared: the 1-minute load average when training started and ended
+        "load_average_1min": {"start": load_start, "end": load_end, "cpu_count": os.cpu_count()},
+        "env_steps_per_s": timesteps / max(train_s, 1e-9),
         "reduced": True, "reduced_note": "far fewer env steps than the RL² run (see rl2, at_same_env_steps)",
         "result": mean_ci95(totals).to_dict(), "gittins": mean_ci95(gittins).to_dict(),
         "minus_gittins": mean_ci95(totals - gittins).to_dict(),

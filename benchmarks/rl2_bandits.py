@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -59,7 +60,9 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
     curve: list[dict[str, float]] = []
 
     def record(iteration: int, metrics: dict[str, float]) -> None:
-        curve.append({"iteration": iteration, **{k: float(v) for k, v in metrics.items()}})
+        # The machine is shared: the 1-minute load average beside each iteration explains its timing.
+        curve.append({"iteration": iteration, **{k: float(v) for k, v in metrics.items()},
+                      "load_1min": os.getloadavg()[0]})
         if iteration % 10 == 0 or "meta/pre_adapt_return" in metrics:
             shown = {k.split("/")[-1]: round(v, 3) for k, v in metrics.items()
                      if k in ("rollout/return_mean", "meta/pre_adapt_return", "meta/post_adapt_return",
@@ -77,7 +80,7 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
 
 def compact_curve(curve: list[dict[str, float]], keys: tuple[str, ...]) -> list[dict[str, float]]:
     """The named metrics of every iteration (the results file keeps the training curve, not every metric)."""
-    return [{k: row[k] for k in ("iteration", *keys) if k in row} for row in curve]
+    return [{k: row[k] for k in ("iteration", *keys, "load_1min") if k in row} for row in curve]
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
@@ -174,6 +177,10 @@ def merge_entry(path: Path, key: str, entry: dict[str, Any], setup: dict[str, An
     """Add ``entry`` under ``key`` to the results file (other entries are kept) and write it."""
     old = json.loads(path.read_text()) if path.exists() else {}
     entries = dict(old.get("entries", {}))
+    loads = [row["load_1min"] for row in entry.get("curve", []) if "load_1min" in row]
+    if loads:
+        entry = {**entry, "load_average_1min": {"mean": float(np.mean(loads)), "max": float(np.max(loads)),
+                                                "cpu_count": os.cpu_count()}}
     entries[key] = {**entry, "provenance": None}
     payload = {"benchmark": path.stem, "setup": setup, "entries": entries}
     write_results(path, payload, wall_time_s=wall)
