@@ -99,14 +99,14 @@ def machine_line(d: dict[str, Any]) -> str:
 
 
 def fmt_rate(x: float) -> str:
-    """Steps or episodes per second, compact: ``12.3M``, ``456k``, ``7.8``."""
+    """Steps or episodes per second, compact: ``12.3M``, ``456k``, ``7.8k``, ``45.6``, ``0.72``."""
     if x >= 1e6:
         return f"{x / 1e6:.2f}M"
     if x >= 1e4:
         return f"{x / 1e3:.0f}k"
     if x >= 1e3:
         return f"{x / 1e3:.1f}k"
-    return f"{x:.1f}"
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def fmt_spread(s: dict[str, Any], digits: int = 2, unit: str = "") -> str:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     RESULTS,
     fmt_rate,
+    fmt_spread,
     load_average,
     machine_line,
     paired_ratios,
@@ -289,15 +290,15 @@ def readme_table(d: dict[str, Any]) -> str:
     lines = ["### ProtoNet training episode, metarl vs plain torch (Conv-4; episodes/s, median [min, max]; ratio = "
              "plain seconds / metarl seconds)", "",
              f"`python benchmarks/speed/protonet_episode.py` ({machine_line(d)})", "",
-             "| setting | metarl | plain torch | speed-up | peak RSS metarl / plain |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "| setting | metarl | plain torch | speed-up | same, CPU time | peak RSS metarl / plain |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in d["rows"]:
         im = r["implementations"]
         m, p = im["metarl"]["episodes_per_s"], im["plain torch"]["episodes_per_s"]
         q = r["ratio_plain_vs_metarl"]
         lines.append(f"| {r['name']} | {fmt_rate(m['median'])} [{fmt_rate(m['min'])}, {fmt_rate(m['max'])}] | "
                      f"{fmt_rate(p['median'])} [{fmt_rate(p['min'])}, {fmt_rate(p['max'])}] | "
-                     f"{q['median']:.2f}x [{q['min']:.2f}, {q['max']:.2f}] | "
+                     f"{fmt_spread(q, unit='x')} | {fmt_spread(r['cpu_ratio_plain_vs_metarl'], unit='x')} | "
                      f"{im['metarl']['peak_rss_mb']:.0f} / {im['plain torch']['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
