@@ -52,7 +52,7 @@ def task_advantages(batch: TrajectoryBatch, n_tasks: int, gamma: float, gae_lamb
     if normalize_advantages:
         adv_t = by_task(adv, n_tasks)
         mask_t = by_task(batch.mask, n_tasks)
-        adv = torch.stack([normalize(adv_t[n], mask_t[n]) for n in range(n_tasks)])
+        adv = normalize(adv_t, mask_t, dim=(1, 2))  # each task over its own real steps
         adv = adv.transpose(0, 1).reshape_as(batch.rewards) * batch.mask
     return adv.detach()
 
