@@ -97,20 +97,27 @@ SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole", "few
 """Results files whose README table is rendered by ``readme_table(d)`` in the script of the same name."""
 
 
-def script_table(name: str) -> str:
+SPEED_TABLES: dict[str, str] = {"speed_maml": "maml_meta_iteration", "speed_protonet": "protonet_episode",
+                                "speed_rollout": "rollout_collection", "speed_end_to_end": "end_to_end"}
+"""Results files of ``benchmarks/speed/`` (``python benchmarks/speed/run_all.py``) and the script whose
+``readme_table(d)`` renders each."""
+
+
+def script_table(name: str, module: str | None = None, folder: Path = HERE) -> str:
     d = _load(name)
     if d is None:
         return ""
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(folder))
     try:
-        return str(importlib.import_module(name).readme_table(d))
+        return str(importlib.import_module(module or name).readme_table(d))
     finally:
-        sys.path.remove(str(HERE))
+        sys.path.remove(str(folder))
 
 
 def report() -> str:
-    parts = [p for p in (throughput_table(), bandit_table(), cartpole_table(), *map(script_table, SCRIPT_TABLES))
-             if p]
+    speed = [script_table(name, module, HERE / "speed") for name, module in SPEED_TABLES.items()]
+    parts = [p for p in (throughput_table(), bandit_table(), cartpole_table(), *map(script_table, SCRIPT_TABLES),
+                         *speed) if p]
     return "\n\n".join(parts) + "\n"
 
 
