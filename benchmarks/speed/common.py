@@ -20,7 +20,7 @@ import resource
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,16 @@ def run_worker(script: Path, args: Sequence[str], timeout: float = 1800) -> dict
     if not lines:
         raise RuntimeError(f"worker {script.name} {' '.join(args)} printed nothing; stderr:\n{proc.stderr[-3000:]}")
     return dict(json.loads(lines[-1]))
+
+
+def write_and_print(out: Path, payload: dict[str, Any], wall_time_s: float,
+                    table: Callable[[dict[str, Any]], str]) -> None:
+    """Write a results file (with provenance), print its README table and where it went."""
+    from metarl.provenance import write_results
+
+    write_results(out, payload, wall_time_s=wall_time_s)
+    print(table(json.loads(out.read_text())))
+    print(f"wrote {out}")
 
 
 def machine_line(d: dict[str, Any]) -> str:

@@ -35,9 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
-
-from metarl.provenance import write_results  # noqa: E402
+from common import RESULTS, write_and_print  # noqa: E402
 
 OUT = RESULTS / "speed_end_to_end.json"
 
@@ -107,9 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        "run has no time-to-target",
                "rows": [navigation(args.results), bandits(args.results), protonet(args.results)]}
     out = args.out or (Path(tempfile.mkdtemp()) / "speed_end_to_end.json" if args.quick else OUT)
-    write_results(out, payload, wall_time_s=time.perf_counter() - wall)
-    print(readme_table(payload))
-    print(f"wrote {out}")
+    write_and_print(out, payload, time.perf_counter() - wall, readme_table)
     return payload
 
 

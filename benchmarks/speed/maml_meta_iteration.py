@@ -69,10 +69,10 @@ from common import (  # noqa: E402
     rss_mb,
     run_worker,
     summary,
+    write_and_print,
 )
 
 from metarl.agents.maml import MamlConfig, MamlLearner  # noqa: E402
-from metarl.provenance import write_results  # noqa: E402
 from metarl.supervised import Problem  # noqa: E402
 from metarl.types import Episode  # noqa: E402
 
@@ -403,9 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     out = args.out or (Path(tempfile.mkdtemp()) / "speed_maml.json" if args.quick else OUT)
-    write_results(out, payload, wall_time_s=time.perf_counter() - wall)
-    print(readme_table(payload | {"provenance": json.loads(out.read_text())["provenance"]}))
-    print(f"wrote {out}")
+    write_and_print(out, payload, time.perf_counter() - wall, readme_table)
     return payload
 
 

@@ -24,7 +24,6 @@ Results: ``benchmarks/results/speed_rollout.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -39,11 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS as RESULTS_DIR  # noqa: E402
-from common import fmt_rate, load_average, machine_line, paired_ratios, peak_rss_mb  # noqa: E402
+from common import fmt_rate, load_average, machine_line, paired_ratios, peak_rss_mb, write_and_print  # noqa: E402
 
 from metarl.pg import task_advantages  # noqa: E402
 from metarl.policies import make_policy  # noqa: E402
-from metarl.provenance import write_results  # noqa: E402
 from metarl.registry import make_env  # noqa: E402
 from metarl.rollout import TaskEnvs, task_policy_act_fn  # noqa: E402
 
@@ -147,9 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                "memory": "peak RSS of the whole run (all collectors share one process)",
                "peak_rss_mb": peak_rss_mb(), "load_average": {"before": load_before, "after": load_average()},
                "target": "metarl >= SB3 steps/s on the same env and policy size", "rows": rows}
-    write_results(out, payload, wall_time_s=time.perf_counter() - wall)
-    print(readme_table(payload | {"provenance": json.loads(out.read_text())["provenance"]}))
-    print(f"wrote {out}")
+    write_and_print(out, payload, time.perf_counter() - wall, readme_table)
     return payload
 
 
