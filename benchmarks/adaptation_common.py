@@ -182,13 +182,15 @@ def compare_maml_with_baselines(env: str, maml_cfg: MamlRLConfig, pre_cfg: Pretr
     return Comparison(curves, training, selection, selection_time, time.perf_counter() - t0, envs.horizon)
 
 
-def machine_line(d: dict[str, Any]) -> str:
-    """``cpu, cores, torch, wall time; commit`` of a results file (for README tables)."""
+def machine_line(d: dict[str, Any], extras: Sequence[str] = ()) -> str:
+    """``cpu, cores, torch[, extras], wall time; commit`` of a results file (for README tables)."""
     m, p = d["provenance"]["machine"], d["provenance"]
     gpu = f", {m['cuda_device']}" if m.get("cuda_device") else ""
     wall = p.get("wall_time_s")
     wall_s = f", {wall / 60:.0f} min" if isinstance(wall, (int, float)) else ""
-    return f"{m['cpu']}, {m['cpu_count']} cores{gpu}, torch {m['torch']}{wall_s}; commit {p['commit'][:7]}"
+    extra_s = "".join(f", {x}" for x in extras)
+    return (f"{m['cpu']}, {m['cpu_count']} cores{gpu}, torch {m['torch']}{extra_s}{wall_s}; "
+            f"commit {p['commit'][:7]}")
 
 
 def curve_table(d: dict[str, Any], paper: dict[str, Sequence[float]] | None = None) -> list[str]:

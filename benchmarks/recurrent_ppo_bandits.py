@@ -37,6 +37,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
+from adaptation_common import machine_line
 
 from metarl.envs.bandit import BanditEnv, BanditTask
 from metarl.provenance import write_results
@@ -116,6 +117,8 @@ def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``recurrent_ppo_bandits.json``."""
     r, ref = d["result"], d.get("rl2")
     s = d["setup"]
+    heading = ["### sb3-contrib RecurrentPPO through a trial wrapper vs RL² (bandits)", "",
+               f"`python benchmarks/recurrent_ppo_bandits.py` ({machine_line(d)})", ""]
     lines = [f"n = {s['n_pulls']} pulls, k = {s['n_arms']} arms, {s['test']['n_bandits']} test bandits "
              "(mean ± 95% CI)", "",
              "| learner | env steps | wall time | env-steps/s | total reward |", "| --- | --- | --- | --- | --- |",
@@ -136,7 +139,7 @@ def readme_table(d: dict[str, Any]) -> str:
                      f"{ref['train_wall_time_s'] / 60:.1f} min | {ref['env_steps_per_s']:.0f} | "
                      f"{f['mean']:.1f} ± {f['ci95']:.1f} |")
     lines.append(f"| Gittins (same bandits) | | | | {d['gittins']['mean']:.1f} ± {d['gittins']['ci95']:.1f} |")
-    return "\n".join(lines)
+    return "\n".join([*heading, *lines])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -97,16 +97,6 @@ SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole", "rl2
                                   "rl2_trials", "recurrent_ppo_bandits", "fewshot_omniglot", "fewshot_sinusoid")
 """Results files whose README table is rendered by ``readme_table(d)`` in the script of the same name."""
 
-HEADINGS: dict[str, str] = {
-    "rl2_bandits": "RL² and MANN on bandits (total reward over n pulls, 1000 held-out bandits, mean ± 95% CI; "
-                   "reduced runs)",
-    "rl2_tabular": "RL² on tabular MDPs (RL² Table 2; total reward of a 10-episode trial, 1000 held-out MDPs; "
-                   "reduced run)",
-    "rl2_trials": "RL² on Navigation2D and CartPoleDynamics trials (return per episode of a 2-episode trial; "
-                  "reduced runs)",
-    "recurrent_ppo_bandits": "sb3-contrib RecurrentPPO through a trial wrapper vs RL² (bandits)",
-}
-"""Headings (and the command line) for the scripts whose ``readme_table`` renders only the table."""
 
 
 SPEED_TABLES: dict[str, str] = {"speed_maml": "maml_meta_iteration", "speed_protonet": "protonet_episode",
@@ -121,12 +111,9 @@ def script_table(name: str, module: str | None = None, folder: Path = HERE) -> s
         return ""
     sys.path.insert(0, str(folder))
     try:
-        table = str(importlib.import_module(module or name).readme_table(d))
+        return str(importlib.import_module(module or name).readme_table(d))
     finally:
         sys.path.remove(str(folder))
-    if name in HEADINGS:
-        table = f"### {HEADINGS[name]}\n\n`python benchmarks/{name}.py` ({_machine(d)})\n\n{table}"
-    return table
 
 
 def report() -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from adaptation_common import machine_line
 
 from metarl.bandits import UCB1, Gittins, Greedy, Thompson, play
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner
@@ -158,6 +159,9 @@ def plot_training(entries: dict[str, dict[str, Any]], path: Path, reference: str
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``rl2_bandits.json``: one row per (agent, setting)."""
+    heading = ["### RL² and MANN on bandits (total reward over n pulls, 1000 held-out bandits, mean "
+               "± 95% CI; reduced runs)", "",
+               f"`python benchmarks/rl2_bandits.py` ({machine_line(d)})", ""]
     lines = ["| n, k | agent | total reward | Gittins (same bandits) | agent − Gittins (paired) | UCB1 (c = 0.2) | "
              "Thompson | paper RL² / Gittins | iterations, env steps | train time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -170,7 +174,7 @@ def readme_table(d: dict[str, Any]) -> str:
             f"{g['mean']:.1f} ± {g['ci95']:.1f} | {diff['mean']:+.1f} ± {diff['ci95']:.1f} | "
             f"{b['ucb1']['mean']:.1f} | {b['thompson']['mean']:.1f} | {paper_s} | "
             f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
-    return "\n".join(lines)
+    return "\n".join([*heading, *lines])
 
 
 def merge_entry(path: Path, key: str, entry: dict[str, Any], setup: dict[str, Any], wall: float) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import (  # noqa: E402
     compact_curve,
     memory_agent_parser,
@@ -63,6 +64,9 @@ def episode_values(mu: np.ndarray, p: np.ndarray, horizon: int) -> tuple[float, 
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``rl2_tabular.json``: one row per (agent, n)."""
+    heading = ["### RL² on tabular MDPs (RL² Table 2; total reward of a 10-episode trial, 1000 "
+               "held-out MDPs; reduced run)", "",
+               f"`python benchmarks/rl2_tabular.py` ({machine_line(d)})", ""]
     lines = ["| n episodes | agent | trial total | episode 1 | last episode | random (exact) | optimal, MDP known "
              "(exact) | paper RL² | iterations, env steps | train time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -73,7 +77,7 @@ def readme_table(d: dict[str, Any]) -> str:
             f"{eps[0]['mean']:.2f} ± {eps[0]['ci95']:.2f} | {eps[-1]['mean']:.2f} ± {eps[-1]['ci95']:.2f} | "
             f"{e['random_exact']:.1f} | {e['optimal_exact']:.1f} | {e['paper'] or ''} | "
             f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
-    return "\n".join(lines)
+    return "\n".join([*heading, *lines])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import compact_curve, memory_agent_parser, merge_entry, tiny, train_memory_learner  # noqa: E402
 
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner  # noqa: E402
@@ -98,6 +99,9 @@ def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``rl2_trials.json``: per env, return per episode of the trial."""
+    heading = ["### RL² on Navigation2D and CartPoleDynamics trials (return per episode of a "
+               "2-episode trial; reduced runs)", "",
+               f"`python benchmarks/rl2_trials.py` ({machine_line(d)})", ""]
     lines = []
     for e in d["entries"].values():
         n = e["n_episodes"]
@@ -111,7 +115,7 @@ def readme_table(d: dict[str, Any]) -> str:
             lines.append(f"| MAML-RL {name}: after 0, 1, ... gradient steps (40 episodes each) | "
                          + " | ".join(f"{m:.1f}" for m in c["mean"][:n]) + " |")
         lines.append("")
-    return "\n".join(lines).rstrip()
+    return "\n".join([*heading, *lines]).rstrip()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

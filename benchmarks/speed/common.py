@@ -26,6 +26,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
+sys.path.insert(0, str(HERE.parent))
+from adaptation_common import machine_line as _machine_line  # noqa: E402
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
@@ -95,17 +97,12 @@ def write_and_print(out: Path, payload: dict[str, Any], wall_time_s: float,
 
 
 def machine_line(d: dict[str, Any]) -> str:
-    """``cpu, cores[, gpu], torch, threads, load, wall time; commit`` of a results file (for README tables)."""
-    m, p = d["provenance"]["machine"], d["provenance"]
-    gpu = f", {m['cuda_device']}" if m.get("cuda_device") else ""
-    wall = p.get("wall_time_s")
-    wall_s = f", {wall / 60:.0f} min" if isinstance(wall, (int, float)) else ""
+    """:func:`adaptation_common.machine_line` plus the torch threads and the host's load before the run."""
     load = d.get("load_average", {}).get("before")
-    load_s = f", load {load[0]:.1f}" if load else ""
     threads = d.get("threads")
-    threads_s = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-    return (f"{m['cpu']}, {m['cpu_count']} cores{gpu}, torch {m['torch']}{threads_s}{load_s}{wall_s}; "
-            f"commit {p['commit'][:7]}")
+    extras = ([f"{threads} thread{'s' if threads != 1 else ''}"] if threads else []) + \
+        ([f"load {load[0]:.1f}"] if load else [])
+    return _machine_line(d, extras)
 
 
 def fmt_rate(x: float) -> str:
