@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rl2": rl2_reference(args.n, args.k, timesteps, train_s),
     }
     write_results(out, payload, wall_time_s=time.perf_counter() - t0)
-    print(readme_table(payload))
+    print(readme_table(json.loads(out.read_text())))  # the table of the file as written, provenance included
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return payload
 
