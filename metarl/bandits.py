@@ -75,6 +75,7 @@ at n = 500, differences well inside the confidence intervals; so the benchmark d
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 from collections.abc import Sequence
@@ -116,7 +117,7 @@ def _check_prior(prior: Sequence[float], allow_zero: bool) -> tuple[float, float
     return a, b
 
 
-class BanditStrategy:
+class BanditStrategy(abc.ABC):
     """A bandit strategy played on ``B`` bandits at once.
 
     Lifecycle: :meth:`reset` at the start of a trial, then per pull :meth:`select` (arms ``[B]``) and
@@ -158,9 +159,9 @@ class BanditStrategy:
         """``[B, k]`` number of pulls of each arm so far."""
         return self.successes + self.failures
 
+    @abc.abstractmethod
     def select(self) -> IntArray:
-        """The arm to pull next in each bandit, ``[B]`` int64."""
-        raise NotImplementedError
+        """The arm to pull next in each bandit, ``[B]`` int64 (every strategy defines its rule)."""
 
     def _argmax(self, values: FloatArray) -> IntArray:
         if self.tie_break == "first":
