@@ -57,7 +57,7 @@ ALGORITHM_HELP = {
 
 
 def build_learner(algo: str, env_spec: str, env_kwargs: dict[str, Any], algo_config: dict[str, Any],
-                  seed: int, device: str) -> tuple[Any, Any]:
+                  seed: int, device: str, episodes_per_env: int = 1) -> tuple[Any, Any]:
     from metarl.rollout import TaskEnvs
 
     algorithms = _algorithms()
@@ -65,7 +65,7 @@ def build_learner(algo: str, env_spec: str, env_kwargs: dict[str, Any], algo_con
         raise ValueError(f"unknown algorithm {algo!r}{suggest(algo, algorithms)}; choose one of {sorted(algorithms)}")
     config_cls, learner_cls = algorithms[algo]
     config: Any = config_from_dict(config_cls, algo_config)
-    envs = TaskEnvs(env_spec, env_kwargs)
+    envs = TaskEnvs(env_spec, env_kwargs, episodes_per_env=episodes_per_env)
     return learner_cls(envs, config, seed=seed, device=device), envs
 
 
@@ -96,6 +96,10 @@ def cmd_train(argv: Sequence[str]) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--config", help="JSON preset with algorithm options (flags override it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--episodes-per-env", type=int, default=1, metavar="P",
+                        help="maml-rl, pretrained: run up to P episodes of a task back to back on one sub-env "
+                             "(default 1: one sub-env per episode); faster where episodes end early (CartPole), "
+                             "the same kind of batch")
     add_config_arguments(parser, TrainConfig, "training loop")
     if algo in algorithms:
         add_config_arguments(parser, algorithms[algo][0], f"{algo} options")
@@ -103,6 +107,11 @@ def cmd_train(argv: Sequence[str]) -> int:
     if args.algo not in algorithms:
         raise ValueError(f"unknown algorithm {args.algo!r}{suggest(args.algo, algorithms)}; "
                          f"choose one of {sorted(algorithms)}")
+    if args.episodes_per_env < 1:
+        raise ValueError(f"--episodes-per-env must be >= 1, got {args.episodes_per_env}")
+    if args.episodes_per_env > 1 and args.algo in ("rl2", "mann"):
+        raise ValueError(f"--episodes-per-env {args.episodes_per_env} does nothing for {args.algo}: its trials already "
+                         "run their episodes back to back on one sub-env; drop the flag")
     overrides = overrides_from_args(args)
     train_names = set(TrainConfig.__dataclass_fields__)
     train_cfg = config_from_dict(TrainConfig, {k: v for k, v in overrides.items() if k in train_names})
@@ -117,6 +126,7 @@ def cmd_train(argv: Sequence[str]) -> int:
             raise ValueError(f"--resume of a {saved['algo']!r} run on {saved['env']!r}, but the command says "
                              f"{args.algo!r} on {args.env!r}; repeat the original command plus --resume")
         algo_cfg_dict, env_kwargs = saved["algo_config"], saved["env_kwargs"]
+        args.episodes_per_env = int(saved.get("episodes_per_env", 1))
         train_cfg = config_from_dict(TrainConfig, {**saved["train"], **{k: v for k, v in overrides.items()
                                                                        if k in ("iterations", "device")}})
     else:
@@ -136,8 +146,10 @@ def cmd_train(argv: Sequence[str]) -> int:
                 raise ValueError(f"--env-kwarg {env_kwargs}: {args.env} does not accept these arguments ({e}); "
                                  "see the env's docstring for its arguments") from None
         check_task_family(args.env if not env_kwargs else (lambda: make_env(args.env, **env_kwargs)))
-    learner, envs = build_learner(args.algo, args.env, env_kwargs, algo_cfg_dict, train_cfg.seed, train_cfg.device)
-    run_info = {"algo": args.algo, "algo_config": algo_cfg_dict, "env": args.env, "env_kwargs": env_kwargs}
+    learner, envs = build_learner(args.algo, args.env, env_kwargs, algo_cfg_dict, train_cfg.seed, train_cfg.device,
+                                  args.episodes_per_env)
+    run_info = {"algo": args.algo, "algo_config": algo_cfg_dict, "env": args.env, "env_kwargs": env_kwargs,
+                "episodes_per_env": args.episodes_per_env}
     t0 = time.perf_counter()
     metrics = train(learner, envs, out, train_cfg, run_info, resume=args.resume, progress=not args.no_progress)
     print(f"trained {args.algo} on {args.env} for {train_cfg.iterations} iterations in "
@@ -160,7 +172,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any, dict[s
     state = load_checkpoint(path, map_location=device)
     info = state["run_info"]
     learner, envs = build_learner(info["algo"], info["env"], info["env_kwargs"], info["algo_config"],
-                                  int(state["train"]["seed"]), device)
+                                  int(state["train"]["seed"]), device, int(info.get("episodes_per_env", 1)))
     learner.load_state_dict(state["learner"])
     return learner, envs, {**info, "iteration": int(state["iteration"]), "train": state["train"]}
 

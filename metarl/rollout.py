@@ -5,6 +5,8 @@ All episodes of all tasks of a meta-batch are stepped together in one batched en
 Each column of the resulting :class:`~metarl.types.TrajectoryBatch` is exactly one episode: the
 env runs until every column has ended (or ``max_steps``), and steps after a column's end (which
 the NEXT_STEP autoreset of the vector env spends on resetting it) are masked out.
+:func:`collect_packed_episodes` fills the same batch from fewer sub-envs, each running several
+episodes back to back, so early-ending episodes do not leave their sub-env idle.
 """
 
 from __future__ import annotations
@@ -107,16 +109,139 @@ def collect_episodes(
     )
 
 
+def collect_packed_episodes(
+    venv: gymnasium.vector.VectorEnv,
+    act_fn: ActFn,
+    tasks: Sequence[Task],
+    episodes_per_task: int,
+    seed: int,
+    max_steps: int | None = None,
+    device: torch.device | str = "cpu",
+) -> TrajectoryBatch:
+    """``episodes_per_task`` complete episodes of every task, run back to back on fewer sub-envs.
+
+    ``venv.num_envs = len(tasks) * S`` with ``1 <= S <= episodes_per_task`` sub-envs ("slots") per task.
+    Each slot runs its task's episodes one after another through the env's autoreset; when an episode
+    ends, the slot starts the next episode of its task that no slot has started yet, or idles once all
+    ``episodes_per_task`` have started. The result is the same :class:`~metarl.types.TrajectoryBatch` as
+    :func:`collect_episodes` (column ``b`` is one episode from row 0, of task ``b // episodes_per_task``),
+    so every consumer is unchanged; what changes is the cost. With one sub-env per episode the batch
+    steps until its longest episode ends and the columns of early-ending episodes idle (CartPole: most
+    of them); packed, a slot idles only at the end of its task's budget.
+
+    The rows a vector env spends on an autoreset (the step after an episode's end, action ignored) are
+    not recorded. Episodes must be ended by the env itself (terminated, or truncated at its time limit):
+    an episode that reaches ``max_steps`` rows without the env ending it cannot be continued on that
+    slot, which is an error here (use ``S = episodes_per_task``, i.e. :func:`collect_episodes`, to cut
+    episodes shorter than the env's own limit).
+
+    Sub-env ``i`` is reset with ``seed + i``; its later episodes continue that sub-env's random stream.
+    """
+    n = len(tasks)
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if n < 1 or venv.num_envs % n:
+        raise ValueError(f"the vector env has {venv.num_envs} sub-envs, which is not a whole number of sub-envs "
+                         f"for each of {n} tasks; build it with num_envs = {max(n, 1)} x (sub-envs per task)")
+    slots = venv.num_envs // n
+    if slots > episodes_per_task:
+        raise ValueError(f"{slots} sub-envs per task for {episodes_per_task} episodes per task: a slot would "
+                         f"have no episode to run; use at most {episodes_per_task} sub-envs per task")
+    if slots == episodes_per_task:
+        return collect_episodes(venv, act_fn, tasks, episodes_per_task, seed, max_steps, device)
+    horizon = max_steps if max_steps is not None else episode_horizon(venv)
+    obs_space, act_space = venv.single_observation_space, venv.single_action_space
+    venv.set_tasks(repeat_tasks(tasks, slots))  # type: ignore[attr-defined]
+    raw_obs, _ = venv.reset(seed=seed)
+    e = episodes_per_task
+    slot_task = np.arange(n * slots) // slots
+    column = slot_task * e + np.arange(n * slots) % slots   # episode (output column) each slot runs; -1: idle
+    started = np.full(n, slots)                              # episodes of each task started so far
+    position = np.zeros(n * slots, dtype=np.int64)           # row of the slot's next step within its episode
+    resetting = np.zeros(n * slots, dtype=bool)              # this step is the slot's autoreset step
+    done = 0
+    records: list[tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor,
+                        np.ndarray, np.ndarray, np.ndarray, torch.Tensor]] = []
+    obs = encode_obs(raw_obs, obs_space, device)
+    while done < n * e:
+        with torch.no_grad():
+            actions, log_probs = act_fn(obs)
+        raw_next, reward, terminated, truncated, _ = venv.step(to_env_actions(actions, act_space))
+        next_obs = encode_obs(raw_next, obs_space, device)
+        terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
+        live = (column >= 0) & ~resetting
+        idx = np.flatnonzero(live)
+        records.append((column[idx], position[idx], idx, obs, actions, log_probs,
+                        np.asarray(reward, dtype=np.float32)[idx], terminated[idx], truncated[idx], next_obs))
+        ended = live & (terminated | truncated)
+        position[live] += 1
+        stuck = live & ~ended & (position >= horizon)
+        if stuck.any():
+            raise RuntimeError(
+                f"an episode reached max_steps={horizon} rows without the env ending it (terminated or truncated); "
+                "packed collection continues each sub-env through its autoreset, so the env must end its own "
+                f"episodes: give the env a time limit of {horizon} steps, or run one sub-env per episode "
+                "(envs_per_task = episodes_per_task)")
+        done += int(ended.sum())
+        for s in np.flatnonzero(ended):  # hand out each task's next unstarted episode, in slot order
+            k = slot_task[s]
+            column[s] = k * e + started[k] if started[k] < e else -1
+            started[k] = min(started[k] + 1, e)
+        position[ended] = 0
+        resetting = ended
+        obs = next_obs
+    return _pack(records, n * e, e, device)
+
+
+def _pack(records: list[Any], columns: int, episodes_per_task: int, device: torch.device | str) -> TrajectoryBatch:
+    """Scatter the recorded ``(column, row)`` steps of :func:`collect_packed_episodes` into a batch."""
+    col = np.concatenate([r[0] for r in records])
+    row = np.concatenate([r[1] for r in records])
+    length = int(row.max()) + 1
+    c = torch.as_tensor(col, device=device)
+    t = torch.as_tensor(row, device=device)
+
+    def scatter(values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        out = fill.new_zeros((length, columns, *values.shape[1:]))
+        out[t, c] = values.to(out.dtype)
+        return out
+
+    def gathered(i: int) -> torch.Tensor:
+        return torch.cat([r[i][torch.as_tensor(r[2], device=device)] for r in records])
+
+    def host(i: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.concatenate([r[i] for r in records]), device=device, dtype=dtype)
+
+    obs, actions, log_probs, next_obs = gathered(3), gathered(4), gathered(5), gathered(9)
+    return TrajectoryBatch(
+        obs=scatter(obs, obs), actions=scatter(actions, actions), log_probs=scatter(log_probs, log_probs),
+        rewards=scatter(host(6, torch.float32), log_probs.new_zeros(0, dtype=torch.float32)),
+        terminated=scatter(host(7, torch.bool), torch.zeros(0, dtype=torch.bool, device=device)),
+        truncated=scatter(host(8, torch.bool), torch.zeros(0, dtype=torch.bool, device=device)),
+        mask=scatter(torch.ones(len(col), device=device), torch.zeros(0, device=device)),
+        next_obs=scatter(next_obs, next_obs),
+        task_index=torch.arange(columns, device=device) // episodes_per_task,
+    )
+
+
 class TaskEnvs:
     """One task family, its spaces and horizon, and cached batched envs (one per batch size).
 
     ``spec`` is anything :func:`metarl.registry.make_env` accepts: a registered id such as
     ``"metarl/Navigation2D-v0"`` or ``"package.module:Name"`` for a custom family.
+    ``episodes_per_env``: how many of a task's episodes :meth:`collect` runs back to back on one
+    sub-env (1: one sub-env per episode; more pays off where episodes end early, e.g. CartPole).
     """
 
-    def __init__(self, spec: str, env_kwargs: dict[str, Any] | None = None, max_steps: int | None = None) -> None:
+    def __init__(self, spec: str, env_kwargs: dict[str, Any] | None = None, max_steps: int | None = None,
+                 episodes_per_env: int = 1) -> None:
         from metarl.registry import make_env  # local: registry imports gymnasium ids lazily
 
+        if isinstance(episodes_per_env, bool) or not isinstance(episodes_per_env, (int, np.integer)) \
+                or episodes_per_env < 1:
+            raise ValueError(f"episodes_per_env must be an int >= 1 (1: one sub-env per episode; more: episodes "
+                             f"run back to back on each sub-env), got {episodes_per_env!r}")
+        self.episodes_per_env = int(episodes_per_env)
         self.spec = spec
         self.env_kwargs = dict(env_kwargs or {})
         self.env = make_env(spec, **self.env_kwargs)
@@ -136,9 +261,18 @@ class TaskEnvs:
         return self._vector[num_envs]
 
     def collect(self, act_fn: ActFn, tasks: Sequence[Task], episodes_per_task: int, seed: int,
-                device: torch.device | str = "cpu") -> TrajectoryBatch:
-        venv = self.vector(len(tasks) * episodes_per_task)
-        return collect_episodes(venv, act_fn, tasks, episodes_per_task, seed, self.horizon, device)
+                device: torch.device | str = "cpu", envs_per_task: int | None = None) -> TrajectoryBatch:
+        """``episodes_per_task`` episodes of every task, packed back to back on ``envs_per_task`` sub-envs
+        per task (:func:`collect_packed_episodes`); default ``ceil(episodes_per_task / episodes_per_env)``
+        (with ``episodes_per_env = 1``, one sub-env per episode: :func:`collect_episodes`)."""
+        slots = -(-episodes_per_task // self.episodes_per_env) if envs_per_task is None else envs_per_task
+        if not isinstance(slots, (int, np.integer)) or isinstance(slots, bool) or not 1 <= slots <= episodes_per_task:
+            raise ValueError(f"envs_per_task must be an int in [1, episodes_per_task={episodes_per_task}] or None "
+                             f"(one sub-env per episode), got {envs_per_task!r}")
+        venv = self.vector(len(tasks) * int(slots))
+        if slots == episodes_per_task:
+            return collect_episodes(venv, act_fn, tasks, episodes_per_task, seed, self.horizon, device)
+        return collect_packed_episodes(venv, act_fn, tasks, episodes_per_task, seed, self.horizon, device)
 
     def close(self) -> None:
         self.env.close()

@@ -9,7 +9,10 @@ H = 100) and ``metarl/CartPoleDynamics-v0`` (2 discrete actions, H = 200), for `
   batch runs until its longest episode ends, and only real transitions are counted (CartPole episodes
   that fail early leave their column idle until then); also
   ``metarl + advantages``: the same plus :func:`metarl.pg.task_advantages` (linear baseline refit per
-  task, GAE, normalisation), the work SB3 does in the same call with its critic.
+  task, GAE, normalisation), the work SB3 does in the same call with its critic; and
+  ``metarl packed + advantages``: ``TaskEnvs(episodes_per_env=8)``, i.e. 8 complete episodes of each env's
+  task run back to back on that env through its autoreset (:func:`metarl.rollout.collect_packed_episodes`,
+  ``metarl train --episodes-per-env 8``), so an early-ending episode no longer idles its env.
 - ``sb3``: ``PPO.collect_rollouts`` of Stable-Baselines3 on a ``DummyVecEnv`` of the single env (what an
   SB3 user runs), policy and value forward at every step, GAE at the end; one horizon per env.
 
@@ -49,14 +52,17 @@ RESULTS = RESULTS_DIR / "speed_rollout.json"
 ENVS = ("metarl/Navigation2D-v0", "metarl/CartPoleDynamics-v0")
 
 
-def metarl_collector(env_id: str, n_envs: int, advantages: bool) -> Callable[[int], int]:
-    envs = TaskEnvs(env_id)
+PACKED = 8  # episodes per env of the packed collector (SB3's horizon of CartPole steps holds ~8 of its early episodes)
+
+
+def metarl_collector(env_id: str, n_envs: int, advantages: bool, episodes_per_env: int = 1) -> Callable[[int], int]:
+    envs = TaskEnvs(env_id, episodes_per_env=episodes_per_env)
     policy = make_policy(envs.observation_space, envs.action_space, (64, 64), "tanh")
     tasks = envs.sample_tasks(n_envs, np.random.default_rng(0))
     act = task_policy_act_fn(policy, None, n_envs)
 
     def run(seed: int) -> int:
-        batch = envs.collect(act, tasks, 1, seed)
+        batch = envs.collect(act, tasks, episodes_per_env, seed)  # n_envs sub-envs: one per task
         if advantages:
             task_advantages(batch, n_envs, 0.99, 0.97)
         return batch.num_steps
@@ -130,18 +136,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for n in sizes:
             rates = measure({"metarl": metarl_collector(env_id, n, False),
                              "metarl + advantages": metarl_collector(env_id, n, True),
+                             "metarl packed + advantages": metarl_collector(env_id, n, True, PACKED),
                              "sb3": sb3_collector(env_id, n)}, repeats)
             stats = {name: spread(v) for name, v in rates.items()}
             # steps/s of metarl over SB3's, per round (collected back to back)
-            ratio = paired_ratios(rates["metarl + advantages"], rates["sb3"])
+            ratio = paired_ratios(rates["metarl packed + advantages"], rates["sb3"])
             rows.append({"env_id": env_id, "n_envs": n, "steps_per_s": stats, "ratio_vs_sb3": ratio,
+                         "ratio_one_episode_per_env_vs_sb3": paired_ratios(rates["metarl + advantages"], rates["sb3"]),
                          "ratio_collect_only_vs_sb3": paired_ratios(rates["metarl"], rates["sb3"])})
             print(f"{env_id:28s} {n:5d} envs: metarl {stats['metarl']['median']:10.0f}  "
-                  f"+adv {stats['metarl + advantages']['median']:10.0f}  sb3 {stats['sb3']['median']:8.0f} "
+                  f"+adv {stats['metarl + advantages']['median']:10.0f}  "
+                  f"packed+adv {stats['metarl packed + advantages']['median']:10.0f}  "
+                  f"sb3 {stats['sb3']['median']:8.0f} "
                   f"steps/s  ({ratio['median']:.1f}x)", flush=True)
     payload = {"benchmark": "speed_rollout", "quick": args.quick, "repeats": repeats, "threads": 1,
                "policy": "MLP 2x64 tanh",
-               "ratio": "metarl + advantages steps/s over SB3's, per round, then median/min/max over rounds",
+               "packed_episodes_per_env": PACKED,
+               "ratio": "metarl packed + advantages steps/s over SB3's, per round, then median/min/max over rounds",
                "memory": "peak RSS of the whole run (all collectors share one process)",
                "peak_rss_mb": peak_rss_mb(), "load_average": {"before": load_before, "after": load_average()},
                "target": "metarl >= SB3 steps/s on the same env and policy size", "rows": rows}
@@ -151,15 +162,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README's table: steps/s (medians) and the paired ratio metarl + advantages / SB3."""
-    lines = ["### Rollout collection with a policy in the loop (steps/s, MLP 2x64 tanh, 1 thread; ratio = metarl + "
-             "advantages / SB3, median [min, max])", "",
+    p = d["packed_episodes_per_env"]
+    lines = ["### Rollout collection with a policy in the loop (steps/s, MLP 2x64 tanh, 1 thread; ratio = metarl "
+             "packed + advantages / SB3, median [min, max])", "",
              f"`python benchmarks/speed/rollout_collection.py` ({machine_line(d)})", "",
-             "| env | envs | metarl | metarl + advantages | SB3 PPO collect_rollouts | ratio |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"| env | envs | metarl, 1 episode/env | + advantages | packed, {p} episodes/env, + advantages | "
+             "SB3 PPO collect_rollouts | ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in d["rows"]:
         s, q = r["steps_per_s"], r["ratio_vs_sb3"]
         lines.append(f"| {r['env_id']} | {r['n_envs']} | {fmt_rate(s['metarl']['median'])} | "
-                     f"{fmt_rate(s['metarl + advantages']['median'])} | {fmt_rate(s['sb3']['median'])} | "
+                     f"{fmt_rate(s['metarl + advantages']['median'])} | "
+                     f"{fmt_rate(s['metarl packed + advantages']['median'])} | {fmt_rate(s['sb3']['median'])} | "
                      f"{q['median']:.1f}x [{q['min']:.1f}, {q['max']:.1f}] |")
     return "\n".join(lines)
 
