@@ -96,17 +96,17 @@ SOURCES = {"protonet": "Snell et al. 2017, Table 1", "maml": "Finn et al. 2017, 
 def _row(label: str, r: dict[str, Any], iterations: int, train_s: float) -> str:
     p = r["protocol"]
     t = r["target"]["value"]
-    return (f"| {label} | {p['ways']}-way {p['shots']}-shot | {fmt(r['test'])} | {t:.2f} | "
+    return (f"| {label} | {p['ways']}-way {p['shots']}-shot | {fmt(r['test'])} | {r['test']['n']} | {t:.2f} | "
             f"{p['queries']} / {'yes' if p['transductive'] else 'no'} | {iterations:,} | {train_s / 60:.0f} min |")
 
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of a results file written by this script."""
-    lines = ["### Few-shot Omniglot (Vinyals split, test characters; accuracy % ± 95% CI over 1000 episodes, 600 for "
-             "MAML; paper's number; all reduced budgets)", "",
+    lines = ["### Few-shot Omniglot (Vinyals split, test characters; accuracy % ± 95% CI over the test episodes; "
+             "paper's number; all reduced budgets)", "",
              f"`python benchmarks/fewshot_omniglot.py` ({machine_line(d)})", "",
-             "| learner | task | test accuracy (%) | paper | queries per class / transductive BN | "
-             "meta-iterations (reduced) | training |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| learner | task | test accuracy (%) | test episodes | paper | queries per class / transductive BN | "
+             "meta-iterations (reduced) | training |", "| --- | --- | --- | ---: | --- | --- | --- | --- |"]
     for key in SETTINGS:
         e = d["entries"].get(key)
         if e is None:
