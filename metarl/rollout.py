@@ -183,10 +183,14 @@ def collect_packed_episodes(
                 f"episodes: give the env a time limit of {horizon} steps, or run one sub-env per episode "
                 "(envs_per_task = episodes_per_task)")
         done += int(ended.sum())
-        for s in np.flatnonzero(ended):  # hand out each task's next unstarted episode, in slot order
-            k = slot_task[s]
-            column[s] = k * e + started[k] if started[k] < e else -1
-            started[k] = min(started[k] + 1, e)
+        # Hand out each task's next unstarted episodes to its ended slots, in slot order (slots are
+        # grouped by task, so a slot's rank among its task's ended slots is its offset in the group).
+        ended_slots = np.flatnonzero(ended)
+        k = slot_task[ended_slots]
+        nxt = started[k] + np.arange(len(k)) - np.searchsorted(k, k)
+        column[ended_slots] = np.where(nxt < e, k * e + nxt, -1)
+        np.add.at(started, k, 1)
+        np.minimum(started, e, out=started)
         position[ended] = 0
         resetting = ended
         obs = next_obs
@@ -201,9 +205,9 @@ def _pack(records: list[Any], columns: int, episodes_per_task: int, device: torc
     c = torch.as_tensor(col, device=device)
     t = torch.as_tensor(row, device=device)
 
-    def scatter(values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-        out = fill.new_zeros((length, columns, *values.shape[1:]))
-        out[t, c] = values.to(out.dtype)
+    def scatter(values: torch.Tensor) -> torch.Tensor:
+        out = values.new_zeros((length, columns, *values.shape[1:]))
+        out[t, c] = values
         return out
 
     def gathered(i: int) -> torch.Tensor:
@@ -212,14 +216,11 @@ def _pack(records: list[Any], columns: int, episodes_per_task: int, device: torc
     def host(i: int, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.concatenate([r[i] for r in records]), device=device, dtype=dtype)
 
-    obs, actions, log_probs, next_obs = gathered(3), gathered(4), gathered(5), gathered(9)
     return TrajectoryBatch(
-        obs=scatter(obs, obs), actions=scatter(actions, actions), log_probs=scatter(log_probs, log_probs),
-        rewards=scatter(host(6, torch.float32), log_probs.new_zeros(0, dtype=torch.float32)),
-        terminated=scatter(host(7, torch.bool), torch.zeros(0, dtype=torch.bool, device=device)),
-        truncated=scatter(host(8, torch.bool), torch.zeros(0, dtype=torch.bool, device=device)),
-        mask=scatter(torch.ones(len(col), device=device), torch.zeros(0, device=device)),
-        next_obs=scatter(next_obs, next_obs),
+        obs=scatter(gathered(3)), actions=scatter(gathered(4)), log_probs=scatter(gathered(5)),
+        rewards=scatter(host(6, torch.float32)), terminated=scatter(host(7, torch.bool)),
+        truncated=scatter(host(8, torch.bool)), mask=scatter(torch.ones(len(col), device=device)),
+        next_obs=scatter(gathered(9)),
         task_index=torch.arange(columns, device=device) // episodes_per_task,
     )
 
@@ -270,8 +271,6 @@ class TaskEnvs:
             raise ValueError(f"envs_per_task must be an int in [1, episodes_per_task={episodes_per_task}] or None "
                              f"(one sub-env per episode), got {envs_per_task!r}")
         venv = self.vector(len(tasks) * int(slots))
-        if slots == episodes_per_task:
-            return collect_episodes(venv, act_fn, tasks, episodes_per_task, seed, self.horizon, device)
         return collect_packed_episodes(venv, act_fn, tasks, episodes_per_task, seed, self.horizon, device)
 
     def close(self) -> None:
