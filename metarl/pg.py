@@ -28,6 +28,37 @@ def by_task(x: torch.Tensor, n_tasks: int) -> torch.Tensor:
     return x.reshape(t, n_tasks, b // n_tasks, *x.shape[2:]).transpose(0, 1)
 
 
+def _real_steps_by_task(mask: torch.Tensor, n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each task's real steps are: ``flat [N, L]`` and ``valid [N, L]``.
+
+    ``flat[n, j]`` indexes the ``T * B`` flattened ``[T, B]`` layout (``t * B + b``) at task ``n``'s
+    ``j``-th real step (steps in ``(t, column)`` order); ``L`` is the largest count of real steps of a
+    task, and entries past a task's own count have ``valid == False`` (and ``flat == 0``). Padding (and
+    early-ending episodes, whose columns idle) never enters the compact list.
+    """
+    t_len, b = mask.shape
+    e = b // n_tasks
+    real = by_task(mask, n_tasks).reshape(n_tasks, t_len * e) > 0   # position p = t * E + e
+    rank = real.cumsum(1) - 1
+    counts = rank[:, -1] + 1
+    width = max(int(counts.max()), 1)
+    pos = torch.arange(t_len * e, device=mask.device).expand(n_tasks, -1)
+    slot = torch.where(real, rank, width)                             # non-real positions: a dropped column
+    local = torch.zeros(n_tasks, width + 1, dtype=torch.long, device=mask.device)
+    local = local.scatter(1, slot, pos)[:, :width]
+    valid = torch.arange(width, device=mask.device) < counts[:, None]
+    local = torch.where(valid, local, torch.zeros_like(local))
+    column = torch.arange(n_tasks, device=mask.device)[:, None] * e + local % e
+    return (local // e) * b + column, valid
+
+
+def _scatter_real(x: torch.Tensor, flat: torch.Tensor, valid: torch.Tensor, t: int, b: int) -> torch.Tensor:
+    """The compact per-task values ``x [N, L]`` laid back out as ``[T, B]`` (0 on padding)."""
+    out = x.new_zeros(t * b + 1)  # the last slot takes the entries past each task's own count
+    out = out.index_put((torch.where(valid, flat, t * b),), x)
+    return out[:-1].reshape(t, b)
+
+
 def task_advantages(batch: TrajectoryBatch, n_tasks: int, gamma: float, gae_lambda: float = 1.0,
                     normalize_advantages: bool = True) -> torch.Tensor:
     """Advantages ``[T, B]`` with the linear feature baseline refit on each task's own episodes.
@@ -35,25 +66,37 @@ def task_advantages(batch: TrajectoryBatch, n_tasks: int, gamma: float, gae_lamb
     As in MAML-RL (Finn et al. 2017, following Duan et al. 2016): the baseline of task ``n`` is fit
     to the discounted returns of task ``n``'s episodes only, then ``A = GAE(lambda)`` with that
     baseline (``lambda = 1``: returns minus baseline), normalised per task over real steps.
+
+    The fit, the baseline values and the normalisation run on each task's real steps gathered into a
+    compact list (:func:`_real_steps_by_task`), not on the padded ``[T, B]`` layout: when episodes end
+    early (CartPole, packed collection) most of that layout is padding. The result equals the same
+    formulas on the padded layout (tests/test_policy_gradient.py).
     """
     end = batch.episode_end
     returns = discounted_returns(batch.rewards, end, gamma)
     t, b = batch.rewards.shape
-    obs, mask, end_n = by_task(batch.obs, n_tasks), by_task(batch.mask, n_tasks), by_task(end, n_tasks)
-    w = fit_linear_baseline(obs, by_task(returns, n_tasks), mask)          # [N, F], one fit per task
-    v = predict_linear_baseline(w, obs, mask)                                 # [N, T, E]
-    # V(s_{t+1}): the next step's prediction inside an episode; at an episode end the baseline at the
-    # true final observation (time index t+1). gae() bootstraps from it only at truncations.
-    final = predict_linear_baseline(w, by_task(batch.next_obs, n_tasks), mask, time_offset=1)
-    nv = torch.where(end_n > 0, final, torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1))
-    values, next_values = (x.transpose(0, 1).reshape(t, b) for x in (v, nv))
+    flat, valid = _real_steps_by_task(batch.mask, n_tasks)               # [N, L]
+    steps = (flat // b).to(batch.obs.dtype)                               # one episode per column, from row 0
+    obs = batch.obs.reshape(t * b, -1)[flat]                              # [N, L, D]
+    # The compact list as a [N, T=L, B=1] layout with the step index given explicitly.
+    w = fit_linear_baseline(obs[:, :, None], returns.reshape(-1)[flat][:, :, None], valid[:, :, None],
+                            time_index=steps[:, :, None])                 # [N, F], one fit per task
+    v = predict_linear_baseline(w, obs[:, :, None], valid[:, :, None], time_index=steps[:, :, None])[..., 0]
+    values = _scatter_real(v, flat, valid, t, b)
+    # V(s_{t+1}): the next step's value inside an episode; at an episode end the baseline at the true
+    # final observation (time index t+1). gae() bootstraps from it only at truncations.
+    next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
+    te, be = ((batch.terminated | batch.truncated) & (batch.mask > 0)).nonzero(as_tuple=True)
+    if len(te):
+        final = predict_linear_baseline(w[be // (b // n_tasks)], batch.next_obs[te, be][:, None, None],
+                                        torch.ones(len(te), 1, 1, dtype=values.dtype, device=values.device),
+                                        time_offset=1, time_index=te.to(values.dtype)[:, None, None])
+        next_values = next_values.index_put((te, be), final[:, 0, 0])
     adv = gae(batch.rewards, values, next_values, batch.terminated.float(), end, gamma, gae_lambda)
     adv = adv * batch.mask
     if normalize_advantages:
-        adv_t = by_task(adv, n_tasks)
-        mask_t = by_task(batch.mask, n_tasks)
-        adv = normalize(adv_t, mask_t, dim=(1, 2))  # each task over its own real steps
-        adv = adv.transpose(0, 1).reshape_as(batch.rewards) * batch.mask
+        compact = normalize(adv.reshape(-1)[flat], valid, dim=1)         # each task over its own real steps
+        adv = _scatter_real(compact, flat, valid, t, b)
     return adv.detach()
 
 

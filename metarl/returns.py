@@ -243,7 +243,11 @@ def _time_index(mask: torch.Tensor, episode_end: torch.Tensor | None) -> torch.T
 
 
 def linear_baseline_features(
-    obs: torch.Tensor, mask: torch.Tensor, episode_end: torch.Tensor | None = None, time_offset: int = 0
+    obs: torch.Tensor,
+    mask: torch.Tensor,
+    episode_end: torch.Tensor | None = None,
+    time_offset: int = 0,
+    time_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """rllab's features ``[..., T, B, F]``, ``F = 2 * D + 4``, zero on padded steps.
 
@@ -255,6 +259,9 @@ def linear_baseline_features(
         mask: ``[..., T, B]`` 1 for real steps, 0 for padding.
         episode_end: optional ``[..., T, B]``; restart ``t`` after each end (several episodes per column).
         time_offset: added to ``t``; 1 gives the features of ``next_obs`` (one step later in time).
+        time_index: optional ``[..., T, B]`` step index ``t`` of every entry, used instead of counting it
+            from ``mask`` / ``episode_end`` (for layouts that are not episodes laid down a column from
+            row 0, e.g. the real steps of a batch gathered into a compact list).
     """
     obs = _float(obs, "obs")
     if obs.dim() < 3:
@@ -263,12 +270,23 @@ def linear_baseline_features(
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a tensor of shape obs.shape[:-1] = {tuple(obs.shape[:-1])}, got {got}")
     m = mask.to(obs.dtype)
-    end = None if episode_end is None else _like(episode_end, m, "episode_end", "mask")
-    s = ((_time_index(m, end) + time_offset) / _TIME_SCALE).unsqueeze(-1)
+    if time_index is None:
+        end = None if episode_end is None else _like(episode_end, m, "episode_end", "mask")
+        steps = _time_index(m, end)
+    else:
+        given = _like(time_index, m, "time_index", "mask")
+        assert given is not None
+        steps = given
+    s = ((steps + time_offset) / _TIME_SCALE).unsqueeze(-1)
+    d = obs.shape[-1]
     o = obs.clamp(-_OBS_CLIP, _OBS_CLIP)
-    feats = torch.cat([o, o * o, s, s * s, s * s * s, torch.ones_like(s)], dim=-1)
-    # where, not a product: padded observations may hold anything, NaN included.
-    return torch.where((m > 0).unsqueeze(-1), feats, torch.zeros_like(feats))
+    feats = obs.new_empty((*obs.shape[:-1], 2 * d + 4))  # filled slice by slice: no concatenated copies
+    feats[..., :d] = o
+    feats[..., d : 2 * d] = o * o
+    feats[..., 2 * d : 2 * d + 3] = torch.cat([s, s * s, s * s * s], dim=-1)
+    feats[..., 2 * d + 3] = 1.0
+    # masked_fill, not a product: padded observations may hold anything, NaN included.
+    return feats.masked_fill((m <= 0).unsqueeze(-1), 0.0)
 
 
 def fit_linear_baseline(
@@ -277,6 +295,7 @@ def fit_linear_baseline(
     mask: torch.Tensor,
     reg: float = 1e-5,
     episode_end: torch.Tensor | None = None,
+    time_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Ridge regression of ``returns`` on the features: weights ``[..., F]``.
 
@@ -291,7 +310,7 @@ def fit_linear_baseline(
         returns: ``[..., T, B]`` regression targets (e.g. :func:`discounted_returns`).
         mask: ``[..., T, B]``; padded steps do not enter the fit.
         reg: initial ridge coefficient (> 0).
-        episode_end: optional, see :func:`linear_baseline_features`.
+        episode_end, time_index: optional, see :func:`linear_baseline_features`.
 
     Returns:
         ``[..., F]`` weights in the dtype of ``obs``.
@@ -301,7 +320,7 @@ def fit_linear_baseline(
     """
     if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg > 0):
         raise ValueError(f"reg must be a finite float > 0, got {reg!r}")
-    feats = linear_baseline_features(obs, mask, episode_end)
+    feats = linear_baseline_features(obs, mask, episode_end, time_index=time_index)
     dtype = feats.dtype
     if not isinstance(returns, torch.Tensor) or returns.shape != mask.shape:
         got = tuple(returns.shape) if isinstance(returns, torch.Tensor) else type(returns).__name__
@@ -338,13 +357,15 @@ def predict_linear_baseline(
     mask: torch.Tensor,
     episode_end: torch.Tensor | None = None,
     time_offset: int = 0,
+    time_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Baseline values ``[..., T, B]``, zero on padded steps.
 
     ``weights`` ``[F]`` or ``[..., F]`` (broadcast against the leading dims of ``obs [..., T, B, D]``).
-    ``time_offset=1`` evaluates ``next_obs`` at its own time index (``t + 1``).
+    ``time_offset=1`` evaluates ``next_obs`` at its own time index (``t + 1``); ``time_index`` as in
+    :func:`linear_baseline_features`.
     """
-    feats = linear_baseline_features(obs, mask, episode_end, time_offset)
+    feats = linear_baseline_features(obs, mask, episode_end, time_offset, time_index)
     if not isinstance(weights, torch.Tensor) or weights.shape[-1] != feats.shape[-1]:
         got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
         raise ValueError(

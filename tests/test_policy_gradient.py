@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from metarl import functional as F
-from metarl.pg import adapt_step, by_task, reinforce_loss, task_log_probs
+from metarl.pg import _real_steps_by_task, adapt_step, by_task, reinforce_loss, task_advantages, task_log_probs
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, policy_params
+from metarl.returns import discounted_returns, fit_linear_baseline, gae, normalize, predict_linear_baseline
 from metarl.types import TrajectoryBatch
 
 
@@ -89,3 +90,65 @@ def test_sgd_step_second_order_keeps_graph() -> None:
     # w' = w - 0.1 * 3 w^2 ; dw'/dw = 1 - 0.6 w
     (g,) = torch.autograd.grad(new["w"].sum(), w)
     assert math.isclose(g.item(), 1 - 0.6 * 1.5)
+
+
+# ---------------------------------------------------------------------------------------------- advantages
+
+
+def _mixed_ends(batch: TrajectoryBatch) -> TrajectoryBatch:
+    """``batch`` with every other column's episode ending in a true terminal state, not a time limit."""
+    term = batch.truncated.clone()
+    term[:, 1::2] = False
+    return TrajectoryBatch(**{**vars(batch), "terminated": term, "truncated": batch.truncated & ~term})
+
+
+def _padded_task_advantages(batch: TrajectoryBatch, n: int, gamma: float, lam: float, norm: bool) -> torch.Tensor:
+    """The reference: the same formulas on the padded ``[N, T, E]`` layout (padding included in every op)."""
+    end = batch.episode_end
+    t, b = batch.rewards.shape
+    returns = discounted_returns(batch.rewards, end, gamma)
+    obs, mask, end_n = by_task(batch.obs, n), by_task(batch.mask, n), by_task(end, n)
+    w = fit_linear_baseline(obs, by_task(returns, n), mask)
+    v = predict_linear_baseline(w, obs, mask)
+    final = predict_linear_baseline(w, by_task(batch.next_obs, n), mask, time_offset=1)
+    nv = torch.where(end_n > 0, final, torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1))
+    values, next_values = (x.transpose(0, 1).reshape(t, b) for x in (v, nv))
+    adv = gae(batch.rewards, values, next_values, batch.terminated.float(), end, gamma, lam) * batch.mask
+    if norm:
+        adv = normalize(by_task(adv, n), by_task(batch.mask, n), dim=(1, 2)).transpose(0, 1).reshape(t, b)
+    return adv * batch.mask
+
+
+def test_real_steps_by_task_lists_each_tasks_real_steps_in_order() -> None:
+    # 2 tasks x 2 episodes; columns 0,1 -> task 0, columns 2,3 -> task 1. Lengths 1, 3, 2, 0.
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0], [0, 1, 0, 0]], dtype=torch.float64)
+    flat, valid = _real_steps_by_task(mask, 2)
+    b = 4
+    # task 0: (t0,c0) (t0,c1) (t1,c1) (t2,c1); task 1: (t0,c2) (t1,c2)
+    assert flat[0].tolist() == [0 * b + 0, 0 * b + 1, 1 * b + 1, 2 * b + 1]
+    assert valid.tolist() == [[True] * 4, [True, True, False, False]]
+    assert flat[1, :2].tolist() == [0 * b + 2, 1 * b + 2]
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.97])
+@pytest.mark.parametrize("norm", [True, False])
+def test_compact_task_advantages_equal_the_padded_formulas(lam: float, norm: bool) -> None:
+    batch = _mixed_ends(_batch(9, 3, 4, 2, None, seed=5))
+    got = task_advantages(batch, 3, 0.95, lam, normalize_advantages=norm)
+    torch.testing.assert_close(got, _padded_task_advantages(batch, 3, 0.95, lam, norm), rtol=1e-9, atol=1e-9)
+    assert (got[batch.mask == 0] == 0).all()
+
+
+def test_task_advantages_ignore_padding_and_other_tasks() -> None:
+    batch = _mixed_ends(_batch(8, 2, 3, 2, 2, seed=1))
+    ref = task_advantages(batch, 2, 0.9, 0.95)
+    pad = batch.mask == 0
+    junk = {"obs": batch.obs.masked_fill(pad[..., None], float("nan")),
+            "next_obs": batch.next_obs.masked_fill(pad[..., None], float("nan"))}
+    torch.testing.assert_close(task_advantages(TrajectoryBatch(**{**vars(batch), **junk}), 2, 0.9, 0.95), ref)
+    # Task 1's data (its columns 3..5) does not move task 0's baseline or advantages.
+    other = batch.obs.clone()
+    other[:, 3:] += 5.0
+    moved = task_advantages(TrajectoryBatch(**{**vars(batch), "obs": other}), 2, 0.9, 0.95)
+    torch.testing.assert_close(moved[:, :3], ref[:, :3])
+    assert not torch.allclose(moved[:, 3:], ref[:, 3:])
