@@ -117,6 +117,21 @@ class GaussianMLPPolicy(nn.Module):
     def distribution(self, obs: torch.Tensor, params: Params | None = None) -> Distribution:
         return self.make_distribution(self(obs) if params is None else functional_call(self, params, (obs,)))
 
+    @staticmethod
+    def sample_with_log_prob(out: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(actions, log_probs)`` of ``make_distribution(out)``: the same random draw and the same values
+        as its ``sample()`` and ``log_prob()``, without building and validating a distribution object at
+        every step (the rollout hot path; tests/test_policy_gradient.py checks the equality bit for bit)."""
+        mean, log_std = out
+        _check_not_nan(mean, "mean")
+        std = log_std.exp()
+        with torch.no_grad():
+            shape = torch.broadcast_shapes(mean.shape, std.shape)
+            actions = torch.normal(mean.expand(shape), std.expand(shape))
+        # torch.distributions.Normal.log_prob with scale = exp(log_std), summed over the action dim
+        log_probs = -((actions - mean) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))
+        return actions, log_probs.sum(-1)
+
 
 class CategoricalMLPPolicy(nn.Module):
     """pi(a|s) = softmax(f_theta(s))."""
@@ -135,6 +150,23 @@ class CategoricalMLPPolicy(nn.Module):
 
     def distribution(self, obs: torch.Tensor, params: Params | None = None) -> Distribution:
         return self.make_distribution(self(obs) if params is None else functional_call(self, params, (obs,)))
+
+    @staticmethod
+    def sample_with_log_prob(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(actions, log_probs)`` of ``make_distribution(out)``; see
+        :meth:`GaussianMLPPolicy.sample_with_log_prob`."""
+        _check_not_nan(out, "logits")
+        logits = out - out.logsumexp(dim=-1, keepdim=True)   # torch.distributions.Categorical's normalisation
+        probs = torch.softmax(logits, dim=-1)
+        actions = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True).reshape(probs.shape[:-1])
+        return actions, logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+def _check_not_nan(x: torch.Tensor, name: str) -> None:
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"the policy's {name} contain NaN ({int(torch.isnan(x).sum())} of {x.numel()} values): "
+                         "the parameters or the observations are not finite; check the learning rate and the "
+                         "env's observations")
 
 
 Policy = GaussianMLPPolicy | CategoricalMLPPolicy

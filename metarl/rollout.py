@@ -286,17 +286,27 @@ def task_policy_act_fn(policy: torch.nn.Module, stacked: dict[str, torch.Tensor]
     ``stacked`` holds parameters with a leading task axis ``[N, ...]`` (``None``: the module's own
     parameters for every task). Columns are grouped by task: ``[N * E, D] -> [N, E, D]``.
     """
-    from metarl.functional import task_distribution
+    from metarl.functional import task_distribution, task_outputs
+
+    # The built-in policies draw (action, log-prob) straight from their outputs (sample_with_log_prob: the same
+    # values as their distribution's sample/log_prob, without building one per step); others go through
+    # their distribution.
+    sample = getattr(policy, "sample_with_log_prob", None)
 
     def act(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if stacked is None:
+            if sample is not None:
+                return sample(policy(obs))  # type: ignore[no-any-return]
             dist = policy.distribution(obs)  # type: ignore[operator]
             a = dist.sample()
             return a, dist.log_prob(a)
         x = obs.reshape(n_tasks, obs.shape[0] // n_tasks, *obs.shape[1:])
-        dist = task_distribution(policy, stacked, x)
-        a = dist.sample()
-        logp = dist.log_prob(a)
+        if sample is not None:
+            a, logp = sample(task_outputs(policy, stacked, x))
+        else:
+            dist = task_distribution(policy, stacked, x)
+            a = dist.sample()
+            logp = dist.log_prob(a)
         return a.reshape(obs.shape[0], *a.shape[2:]), logp.reshape(obs.shape[0])
 
     return act

@@ -152,3 +152,33 @@ def test_task_advantages_ignore_padding_and_other_tasks() -> None:
     moved = task_advantages(TrajectoryBatch(**{**vars(batch), "obs": other}), 2, 0.9, 0.95)
     torch.testing.assert_close(moved[:, :3], ref[:, :3])
     assert not torch.allclose(moved[:, 3:], ref[:, 3:])
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_sample_with_log_prob_is_the_distributions_draw_bit_for_bit(discrete: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    policy = CategoricalMLPPolicy(4, 3, hidden=(8,)) if discrete else GaussianMLPPolicy(4, 2, hidden=(8,))
+    out = policy(torch.randn(*shape, 4) * 3)
+    torch.manual_seed(11)
+    dist = policy.make_distribution(out)
+    a_ref = dist.sample()
+    logp_ref = dist.log_prob(a_ref)
+    torch.manual_seed(11)
+    a, logp = policy.sample_with_log_prob(out)
+    assert torch.equal(a, a_ref) and torch.equal(logp, logp_ref)
+    assert a.shape == a_ref.shape and logp.shape == shape
+    # the log-probability keeps its graph to the policy (not used by the rollout, but not silently cut)
+    assert logp.requires_grad
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_sample_with_log_prob_rejects_nan_outputs(discrete: bool) -> None:
+    policy = CategoricalMLPPolicy(4, 3, hidden=(8,)) if discrete else GaussianMLPPolicy(4, 2, hidden=(8,))
+    obs = torch.randn(5, 4)
+    obs[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        policy.sample_with_log_prob(policy(obs))
