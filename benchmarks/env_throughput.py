@@ -14,8 +14,10 @@ median batched / median sync. The anchor row is Gymnasium's own NumPy-batched Ca
 batched CartPoleDynamics must step at least as fast). Target (issue): batched >= 50x sync at 64 and
 1024 envs.
 
-AsyncVectorEnv is not measured: on these 2-core machines it is IPC-bound (SPEED.md: 5.5k steps/s for
-CartPole at 64 envs, 15x slower than SyncVectorEnv).
+and, at 8 and 64 envs, ``gymnasium.vector.AsyncVectorEnv`` of the same single envs (one worker process
+per env, forked, shared-memory observations) on a shorter budget (``ASYNC_ENV_STEPS`` env-steps per
+repeat: it is IPC-bound, each step is a round trip to every worker). At 1024 envs it is not run: 1024
+worker processes on a 2-core, 24 GiB machine measure the scheduler, not the library.
 
 Usage::
 
@@ -45,6 +47,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "env_throughput.json
 ANCHOR_ID = "CartPole-v1"
 TARGET_RATIO = 50.0
 TARGET_NUM_ENVS = (64, 1024)
+ASYNC_MAX_ENVS = 64
+ASYNC_ENV_STEPS = 20_000
 
 
 def random_actions(space: spaces.Space, steps: int, num_envs: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,8 +89,18 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def build_pair(env_id: str, num_envs: int) -> tuple[gymnasium.vector.VectorEnv, gymnasium.vector.VectorEnv]:
-    """``(batched twin, SyncVectorEnv)`` for ``env_id`` with the same per-env tasks, both reset with seed 0."""
+def _with_task(single: Callable[[], gymnasium.Env], task: Any) -> Callable[[], gymnasium.Env]:
+    def make() -> gymnasium.Env:
+        env = single()
+        env.unwrapped.set_task(task)
+        return env
+
+    return make
+
+
+def build_envs(env_id: str, num_envs: int, with_async: bool) -> tuple[gymnasium.vector.VectorEnv, ...]:
+    """``(batched twin, SyncVectorEnv[, AsyncVectorEnv])`` for ``env_id`` with the same per-env tasks,
+    all reset with seed 0."""
     batched = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     if env_id == ANCHOR_ID:
         # CartPole-v1's horizon lives in the TimeLimit wrapper that gymnasium.make adds.
@@ -95,38 +109,53 @@ def build_pair(env_id: str, num_envs: int) -> tuple[gymnasium.vector.VectorEnv, 
     else:
         creator: Callable[..., gymnasium.Env] = load_env_creator(gymnasium.spec(env_id).entry_point)
         single = creator
-    sync = gymnasium.vector.SyncVectorEnv([single for _ in range(num_envs)])
     if hasattr(batched, "sample_tasks"):
         tasks = batched.sample_tasks(num_envs, np.random.default_rng(0))
         batched.set_tasks(tasks)
-        for env, task in zip(sync.envs, tasks, strict=True):
-            env.unwrapped.set_task(task)
-    batched.reset(seed=0)
-    sync.reset(seed=0)
-    return batched, sync
+        fns = [_with_task(single, task) for task in tasks]
+    else:
+        fns = [single for _ in range(num_envs)]
+    envs = [batched, gymnasium.vector.SyncVectorEnv(fns)]
+    if with_async:
+        envs.append(gymnasium.vector.AsyncVectorEnv(fns, shared_memory=True, context="fork"))
+    for env in envs:
+        env.reset(seed=0)
+    return tuple(envs)
 
 
-def bench_one(env_id: str, num_envs: int, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
+def bench_one(env_id: str, num_envs: int, steps: int, warmup: int, repeats: int,
+              async_steps: int = 0) -> dict[str, Any]:
+    """One row; ``async_steps`` > 0 adds AsyncVectorEnv (timed over that many steps) up to ``ASYNC_MAX_ENVS``."""
     row: dict[str, Any] = {"env_id": env_id, "num_envs": num_envs, "steps_timed": steps, "warmup_steps": warmup,
                            "repeats": repeats}
+    with_async = async_steps > 0 and num_envs <= ASYNC_MAX_ENVS
+    envs: tuple[gymnasium.vector.VectorEnv, ...] = ()
     try:
-        batched, sync = build_pair(env_id, num_envs)
+        envs = build_envs(env_id, num_envs, with_async)
+        batched, sync = envs[:2]
         if batched.single_action_space != sync.single_action_space:
             raise RuntimeError(f"action spaces differ: batched {batched.single_action_space}, "
                                f"sync {sync.single_action_space}")
         rng = np.random.default_rng(12345)
         actions = random_actions(sync.single_action_space, warmup + steps, num_envs, rng)
-        b_rates, s_rates = [], []
+        a_warmup = max(2, async_steps // 10)
+        b_rates, s_rates, a_rates = [], [], []
         for _ in range(repeats):
             b_rates.append(time_steps(batched, actions, warmup))
             s_rates.append(time_steps(sync, actions, warmup))
-        batched.close()
-        sync.close()
+            if with_async:
+                a_rates.append(time_steps(envs[2], actions[: a_warmup + async_steps], a_warmup))
     except Exception as exc:  # a benchmark records a broken env and goes on with the others
         return {**row, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        for env in envs:
+            env.close()
     b, s = summary(b_rates), summary(s_rates)
     ratio = b["median"] / s["median"]
     row.update(status="ok", batched_steps_per_s=b, sync_steps_per_s=s, ratio=ratio)
+    if with_async:
+        a = summary(a_rates)
+        row.update(async_steps_timed=async_steps, async_steps_per_s=a, ratio_vs_async=b["median"] / a["median"])
     if env_id != ANCHOR_ID and num_envs in TARGET_NUM_ENVS:
         row["meets_target"] = bool(ratio >= TARGET_RATIO)
     return row
@@ -151,9 +180,17 @@ def fmt(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _async_cells(r: dict[str, Any]) -> str:
+    if "async_steps_per_s" not in r:
+        return "not run | "
+    a = r["async_steps_per_s"]
+    return f"{fmt(a['median'])} [{fmt(a['min'])}, {fmt(a['max'])}] | {r['ratio_vs_async']:.0f}x"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| env | num_envs | batched steps/s (median [min, max]) | SyncVectorEnv steps/s | batched / sync |",
-             "| --- | ---: | --- | --- | ---: |"]
+    lines = ["| env | num_envs | batched steps/s (median [min, max]) | SyncVectorEnv steps/s | batched / sync "
+             "| AsyncVectorEnv steps/s | batched / async |",
+             "| --- | ---: | --- | --- | ---: | --- | ---: |"]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['env_id']} | {r.get('num_envs', '-')} | {r['status']}: {r['error']} | | |")
@@ -161,7 +198,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         b, s = r["batched_steps_per_s"], r["sync_steps_per_s"]
         mark = "" if "meets_target" not in r else (" ✓" if r["meets_target"] else " ✗")
         lines.append(f"| {r['env_id']} | {r['num_envs']} | {fmt(b['median'])} [{fmt(b['min'])}, {fmt(b['max'])}] "
-                     f"| {fmt(s['median'])} [{fmt(s['min'])}, {fmt(s['max'])}] | {r['ratio']:.0f}x{mark} |")
+                     f"| {fmt(s['median'])} [{fmt(s['min'])}, {fmt(s['max'])}] | {r['ratio']:.0f}x{mark} "
+                     f"| {_async_cells(r)} |")
     return "\n".join(lines)
 
 
@@ -172,10 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.quick:
-        sizes, repeats, env_steps, min_steps = (8, 64), 1, 2_000, 20
+        sizes, repeats, env_steps, min_steps, async_env_steps = (8, 64), 1, 2_000, 20, 640
     else:
         # ~150k env-steps per measurement: about 1 s at SyncVectorEnv speed on these machines (~1 min in all).
-        sizes, repeats, env_steps, min_steps = (8, 64, 1024), 5, 150_000, 100
+        sizes, repeats, env_steps, min_steps, async_env_steps = (8, 64, 1024), 5, 150_000, 100, ASYNC_ENV_STEPS
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -186,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for n in sizes:
             steps = max(min_steps, env_steps // n)
-            rows.append(bench_one(env_id, n, steps, warmup=max(5, steps // 10), repeats=repeats))
+            rows.append(bench_one(env_id, n, steps, warmup=max(5, steps // 10), repeats=repeats,
+                                  async_steps=max(min_steps, async_env_steps // n)))
     wall = time.perf_counter() - start
 
     payload = {
@@ -201,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
                   "(TimeLimit + OrderEnforcing, env checker off); SPEED.md: CartPoleDynamics must step at least "
                   "as fast as its batched row",
         "sync_baseline": "metarl ids: SyncVectorEnv of the unwrapped env class (no gymnasium.make wrappers)",
-        "async_skipped": "AsyncVectorEnv not measured: IPC-bound on 2 cores (SPEED.md: CartPole 5.5k steps/s "
-                         "at 64 envs vs 82k for SyncVectorEnv)",
+        "async_baseline": f"AsyncVectorEnv of the same single envs (fork, shared memory) up to {ASYNC_MAX_ENVS} envs, "
+                          f"{async_env_steps} env-steps per repeat; not run at 1024 envs (1024 worker processes "
+                          "on 2 cores)",
         "rows": rows,
     }
     write_results(args.out, payload, wall_time_s=wall)

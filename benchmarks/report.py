@@ -45,13 +45,16 @@ def throughput_table() -> str:
         return ""
     lines = ["### Batched task envs vs `SyncVectorEnv` (steps/s, random actions, median of repeats)", "",
              f"`python benchmarks/env_throughput.py` ({_machine(d)})", "",
-             "| env | envs | batched | SyncVectorEnv | ratio |", "| --- | ---: | ---: | ---: | ---: |"]
+             "| env | envs | batched | SyncVectorEnv | ratio | AsyncVectorEnv | ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in d["rows"]:
         if r.get("status") != "ok":
-            lines.append(f"| {r['env_id']} | {r.get('num_envs', '')} | skipped: {r.get('status')} | | |")
+            lines.append(f"| {r['env_id']} | {r.get('num_envs', '')} | skipped: {r.get('status')} | | | | |")
             continue
+        cells = (f"{_rate(r['async_steps_per_s']['median'])} | {r['ratio_vs_async']:.0f}x"
+                 if "async_steps_per_s" in r else "not run | ")
         lines.append(f"| {r['env_id']} | {r['num_envs']} | {_rate(r['batched_steps_per_s']['median'])} | "
-                     f"{_rate(r['sync_steps_per_s']['median'])} | {r['ratio']:.0f}x |")
+                     f"{_rate(r['sync_steps_per_s']['median'])} | {r['ratio']:.0f}x | {cells} |")
     return "\n".join(lines)
 
 

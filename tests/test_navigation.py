@@ -326,5 +326,7 @@ def test_env_throughput_benchmark_quick(tmp_path):
     rows = data["rows"]
     assert rows and any(r["env_id"] == "metarl/Navigation2D-v0" and r["status"] == "ok" for r in rows)
     assert any(r["env_id"] == "CartPole-v1" for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(r["async_steps_per_s"]["median"] > 0 and r["ratio_vs_async"] > 0 for r in ok)
     assert "provenance" in data
     assert "|" in proc.stdout  # the markdown table
