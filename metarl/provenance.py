@@ -58,14 +58,18 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_results(path: str | Path, payload: dict[str, Any], wall_time_s: float | None = None) -> Path:
-    """Write ``payload`` plus provenance (machine, commit, date, wall time) as pretty JSON, atomically."""
+    """Write ``payload`` plus provenance (machine, commit, date, wall time) as pretty JSON, atomically.
+
+    The commit is that of the metarl code that ran (the checkout holding this package), wherever the
+    file goes: a result written to a temporary folder still names the code that produced it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         **payload,
         "provenance": {
             "machine": machine_info(),
-            "commit": git_commit(path.parent),
+            "commit": git_commit(),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_time_s": wall_time_s,
         },

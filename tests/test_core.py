@@ -108,3 +108,15 @@ def test_config_from_dict_coerces_validates_and_suggests() -> None:
         config_from_dict(_Cfg, {"size": "three"})
     with pytest.raises(ValueError, match="must be an integer"):
         config_from_dict(_Cfg, {"size": 2.5})
+
+
+def test_results_written_outside_the_repository_name_the_codes_commit(tmp_path):
+    import json
+
+    from metarl.provenance import git_commit, write_results
+
+    if git_commit() == "unknown":
+        pytest.skip("metarl is not running from a git checkout")
+    assert git_commit(tmp_path) == "unknown"  # the output folder itself is not in a repository
+    out = write_results(tmp_path / "r.json", {"x": 1})
+    assert json.loads(out.read_text())["provenance"]["commit"] == git_commit()
