@@ -193,7 +193,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              "| --- | ---: | --- | --- | ---: | --- | ---: |"]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['env_id']} | {r.get('num_envs', '-')} | {r['status']}: {r['error']} | | |")
+            lines.append(f"| {r['env_id']} | {r.get('num_envs', '-')} | {r['status']}: {r['error']} | | | | |")
             continue
         b, s = r["batched_steps_per_s"], r["sync_steps_per_s"]
         mark = "" if "meets_target" not in r else (" ✓" if r["meets_target"] else " ✗")

@@ -45,9 +45,8 @@ def _real_steps_by_task(mask: torch.Tensor, n_tasks: int) -> tuple[torch.Tensor,
     pos = torch.arange(t_len * e, device=mask.device).expand(n_tasks, -1)
     slot = torch.where(real, rank, width)                             # non-real positions: a dropped column
     local = torch.zeros(n_tasks, width + 1, dtype=torch.long, device=mask.device)
-    local = local.scatter(1, slot, pos)[:, :width]
+    local = local.scatter(1, slot, pos)[:, :width]                    # slots past a task's count stay 0
     valid = torch.arange(width, device=mask.device) < counts[:, None]
-    local = torch.where(valid, local, torch.zeros_like(local))
     column = torch.arange(n_tasks, device=mask.device)[:, None] * e + local % e
     return (local // e) * b + column, valid
 

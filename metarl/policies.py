@@ -129,6 +129,7 @@ class GaussianMLPPolicy(nn.Module):
             shape = torch.broadcast_shapes(mean.shape, std.shape)
             actions = torch.normal(mean.expand(shape), std.expand(shape))
         # torch.distributions.Normal.log_prob with scale = exp(log_std), summed over the action dim
+        # (log(scale), not log_std: the same rounding as the distribution's)
         log_probs = -((actions - mean) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))
         return actions, log_probs.sum(-1)
 
