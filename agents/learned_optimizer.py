@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from metarl import functional as F
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.supervised import (
     BATCHING,
     BN_POLICIES,
@@ -110,14 +110,13 @@ class MetaSGDConfig:
     batching: str = option("auto", "tasks of a meta-batch: loop, vmap, or auto (vmap on CUDA and for MLPs)")
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "inner_steps"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(self.eval_steps >= 0, f"eval_steps must be >= 0, got {self.eval_steps}")
+        require_at_least(self, 1, "meta_batch_size", "inner_steps")
+        require_at_least(self, 0, "eval_steps")
         require(0 <= self.alpha_low <= self.alpha_high,
                 f"need 0 <= alpha_low <= alpha_high, got {self.alpha_low} and {self.alpha_high}")
-        require(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
-        require(self.batch_norm in BN_POLICIES, f"batch_norm must be one of {BN_POLICIES}, got {self.batch_norm!r}")
-        require(self.batching in BATCHING, f"batching must be one of {BATCHING}, got {self.batching!r}")
+        require_positive(self, "outer_lr")
+        require_choice(self, "batch_norm", BN_POLICIES)
+        require_choice(self, "batching", BATCHING)
 
 
 class MetaSGDLearner:
@@ -259,14 +258,12 @@ class LSTMOptimizerConfig:
     batch_norm: str = option("transductive", "queries at test: transductive or per-query")
 
     def __post_init__(self) -> None:
-        require(self.variant in LSTM_VARIANTS, f"variant must be one of {LSTM_VARIANTS}, got {self.variant!r}")
-        for name in ("lstm_hidden", "lstm_layers", "meta_batch_size", "inner_steps"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(self.eval_steps >= 0, f"eval_steps must be >= 0, got {self.eval_steps}")
-        for name in ("output_scale", "preprocess_p", "outer_lr"):
-            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require_choice(self, "variant", LSTM_VARIANTS)
+        require_at_least(self, 1, "lstm_hidden", "lstm_layers", "meta_batch_size", "inner_steps")
+        require_at_least(self, 0, "eval_steps")
+        require_positive(self, "output_scale", "preprocess_p", "outer_lr")
         require(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}")
-        require(self.batch_norm in BN_POLICIES, f"batch_norm must be one of {BN_POLICIES}, got {self.batch_norm!r}")
+        require_choice(self, "batch_norm", BN_POLICIES)
 
 
 def _flat(params: Params, b: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.supervised import (
     BATCHING,
     BN_POLICIES,
@@ -81,14 +81,12 @@ class MamlConfig:
     batching: str = option("auto", "tasks of a meta-batch: loop, vmap, or auto (vmap on CUDA, loop on CPU)")
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "inner_steps"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(self.eval_steps >= 0, f"eval_steps must be >= 0, got {self.eval_steps}")
-        require(self.inner_lr > 0, f"inner_lr must be > 0, got {self.inner_lr}")
+        require_at_least(self, 1, "meta_batch_size", "inner_steps")
+        require_at_least(self, 0, "eval_steps")
+        require_positive(self, "inner_lr", "outer_lr")
         require(self.eval_lr >= 0, f"eval_lr must be >= 0 (0 = inner_lr), got {self.eval_lr}")
-        require(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
-        require(self.batch_norm in BN_POLICIES, f"batch_norm must be one of {BN_POLICIES}, got {self.batch_norm!r}")
-        require(self.batching in BATCHING, f"batching must be one of {BATCHING}, got {self.batching!r}")
+        require_choice(self, "batch_norm", BN_POLICIES)
+        require_choice(self, "batching", BATCHING)
 
 
 class MamlLearner:

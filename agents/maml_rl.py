@@ -53,7 +53,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from metarl import functional as F
 from metarl import trpo
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.pg import by_task, finetune_by_policy_gradient, reinforce_loss, task_advantages, task_log_probs
 from metarl.policies import make_policy, policy_params
@@ -95,17 +95,15 @@ class MamlRLConfig:
     def __post_init__(self) -> None:
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                 f"hidden sizes must be >= 1, got {self.hidden}")
-        for name in ("meta_batch_size", "fast_batch_size", "num_inner_steps", "cg_iters", "ls_max_steps",
-                     "ppo_epochs", "adapt_episodes"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "meta_batch_size", "fast_batch_size", "num_inner_steps", "cg_iters",
+                         "ls_max_steps", "ppo_epochs", "adapt_episodes")
         require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
         require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        for name in ("inner_lr", "init_std", "max_kl", "ppo_clip", "outer_lr"):
-            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(self.cg_damping >= 0 and self.max_grad_norm >= 0, "cg_damping and max_grad_norm must be >= 0")
+        require_positive(self, "inner_lr", "init_std", "max_kl", "ppo_clip", "outer_lr")
+        require_at_least(self, 0, "cg_damping", "max_grad_norm")
         require(0.0 < self.ls_backtrack_ratio < 1.0,
                 f"ls_backtrack_ratio must be in (0, 1), got {self.ls_backtrack_ratio}")
-        require(self.outer in OUTER_OPTIMIZERS, f"outer must be one of {OUTER_OPTIMIZERS}, got {self.outer!r}")
+        require_choice(self, "outer", OUTER_OPTIMIZERS)
         require(all(lr > 0 for lr in self.eval_lrs), f"eval_lrs must all be > 0, got {self.eval_lrs}")
 
     @property

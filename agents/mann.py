@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_choice
 from metarl.recurrent import TrialPPOConfig, TrialPPOLearner
 from metarl.rollout import TaskEnvs
 
@@ -130,9 +130,8 @@ class MANNConfig(TrialPPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.controller in CONTROLLERS, f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
-        for name in ("controller_size", "memory_slots", "memory_width", "read_heads"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require_choice(self, "controller", CONTROLLERS)
+        require_at_least(self, 1, "controller_size", "memory_slots", "memory_width", "read_heads")
         require(0 <= self.shift_range and 2 * self.shift_range + 1 <= self.memory_slots,
                 f"shift_range must be in [0, (memory_slots - 1) / 2] = [0, {(self.memory_slots - 1) // 2}], "
                 f"got {self.shift_range}; lower it or add memory slots")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_positive
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.pg import finetune_by_policy_gradient, task_advantages
 from metarl.policies import make_policy, policy_params
@@ -56,14 +56,12 @@ class PretrainedConfig:
     def __post_init__(self) -> None:
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                 f"hidden sizes must be >= 1, got {self.hidden}")
-        for name in ("meta_batch_size", "episodes_per_task", "ppo_epochs", "minibatches", "adapt_episodes"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "meta_batch_size", "episodes_per_task", "ppo_epochs", "minibatches",
+                         "adapt_episodes")
         require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
         require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        for name in ("lr", "adapt_lr", "clip", "init_std"):
-            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(self.entropy_coef >= 0 and self.max_grad_norm >= 0,
-                "entropy_coef and max_grad_norm must be >= 0")
+        require_positive(self, "lr", "adapt_lr", "clip", "init_std")
+        require_at_least(self, 0, "entropy_coef", "max_grad_norm")
 
 
 class PretrainedAgent:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.supervised import (
     AdaptedPredictor,
     FewShotResult,
@@ -70,10 +70,10 @@ class ProtoNetConfig:
                                         "own statistics)")
 
     def __post_init__(self) -> None:
-        require(self.meta_batch_size >= 1, f"meta_batch_size must be >= 1, got {self.meta_batch_size}")
-        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require_at_least(self, 1, "meta_batch_size")
+        require_positive(self, "lr")
         require(self.lr_halve_every >= 0, f"lr_halve_every must be >= 0 (0 = constant), got {self.lr_halve_every}")
-        require(self.batch_norm in BATCH_NORM, f"batch_norm must be one of {BATCH_NORM}, got {self.batch_norm!r}")
+        require_choice(self, "batch_norm", BATCH_NORM)
 
 
 # ----------------------------------------------------------------------------------------------------------

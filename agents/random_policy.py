@@ -16,7 +16,7 @@ import gymnasium
 import numpy as np
 import torch
 
-from metarl.config import option, require
+from metarl.config import option, require_at_least
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.pg import by_task
 from metarl.rollout import ActFn, TaskEnvs
@@ -30,8 +30,7 @@ class RandomConfig:
     adapt_episodes: int = option(20, "episodes per task at each evaluation stage")
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "episodes_per_task", "adapt_episodes"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "meta_batch_size", "episodes_per_task", "adapt_episodes")
 
 
 class UniformPolicy(torch.nn.Module):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.supervised import (
     BN_POLICIES,
     AdaptedPredictor,
@@ -80,16 +80,14 @@ class ReptileConfig:
                                              "Omniglot numbers) or per-query (support set + that query)")
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "inner_steps", "inner_batch", "eval_batch"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(self.eval_steps >= 0, f"eval_steps must be >= 0, got {self.eval_steps}")
-        require(self.meta_iterations >= 0, f"meta_iterations must be >= 0, got {self.meta_iterations}")
-        require(self.inner_lr > 0, f"inner_lr must be > 0, got {self.inner_lr}")
+        require_at_least(self, 1, "meta_batch_size", "inner_steps", "inner_batch", "eval_batch")
+        require_at_least(self, 0, "eval_steps", "meta_iterations")
+        require_positive(self, "inner_lr")
         require(0.0 <= self.adam_beta2 < 1.0, f"adam_beta2 must be in [0, 1), got {self.adam_beta2}")
         require(self.meta_step > 0 and self.meta_step_final >= 0,
                 f"meta_step must be > 0 and meta_step_final >= 0, got {self.meta_step}, {self.meta_step_final}")
-        require(self.batch_norm in BN_POLICIES, f"batch_norm must be one of {BN_POLICIES}, got {self.batch_norm!r}")
-        require(self.readout in ("flatten", "mean"), f"readout must be flatten or mean, got {self.readout!r}")
+        require_choice(self, "batch_norm", BN_POLICIES)
+        require_choice(self, "readout", ("flatten", "mean"))
 
 
 # ----------------------------------------------------------------------------------------------------------

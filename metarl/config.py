@@ -115,3 +115,24 @@ def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition`` (used by the configs' ``__post_init__``)."""
     if not condition:
         raise ValueError(message)
+
+
+def require_at_least(config: Any, bound: int, *names: str) -> None:
+    """``ValueError`` naming the first of ``config``'s fields ``names`` whose value is below ``bound``."""
+    for name in names:
+        value = getattr(config, name)
+        require(value >= bound, f"{name} must be >= {bound}, got {value}")
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """``ValueError`` naming the first of ``config``'s fields ``names`` whose value is not > 0."""
+    for name in names:
+        value = getattr(config, name)
+        require(value > 0, f"{name} must be > 0, got {value}")
+
+
+def require_choice(config: Any, name: str, choices: typing.Sequence[str]) -> None:
+    """``ValueError`` unless ``config``'s field ``name`` is one of ``choices`` (with a close-match hint)."""
+    value = getattr(config, name)
+    require(value in choices,
+            f"{name} must be one of {tuple(choices)}, got {value!r}{suggest(str(value), choices)}")

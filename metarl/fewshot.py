@@ -43,6 +43,8 @@ from metarl.config import (
     option,
     overrides_from_args,
     require,
+    require_at_least,
+    require_choice,
     suggest,
 )
 from metarl.stats import MeanCI, mean_ci95
@@ -117,9 +119,8 @@ class FewShotDataConfig:
     def __post_init__(self) -> None:
         require(self.dataset in DATASETS,
                 f"unknown dataset {self.dataset!r}{suggest(self.dataset, DATASETS)}; choose one of {DATASETS}")
-        require(self.split in ("vinyals", "random"), f"split must be vinyals or random, got {self.split!r}")
-        require(self.ways >= 1, f"ways must be >= 1, got {self.ways}")
-        require(self.shots >= 1, f"shots must be >= 1, got {self.shots}")
+        require_choice(self, "split", ("vinyals", "random"))
+        require_at_least(self, 1, "ways", "shots")
         require(self.queries >= 0, f"queries must be >= 0 (0: the data set's default), got {self.queries}")
         require(self.train_ways >= 0 and self.train_shots >= 0,
                 f"train_ways and train_shots must be >= 0 (0: same as at test), got {self.train_ways}, "
@@ -154,7 +155,7 @@ class FewShotTestConfig:
     no_test: bool = option(False, "skip the final evaluation")
 
     def __post_init__(self) -> None:
-        require(self.test_episodes >= 1, f"test_episodes must be >= 1, got {self.test_episodes}")
+        require_at_least(self, 1, "test_episodes")
         require(self.test_budget >= -1, f"test_budget must be >= -1 (-1: the learner's eval_steps), got "
                                         f"{self.test_budget}")
 

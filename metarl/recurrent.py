@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from metarl.config import option, require
+from metarl.config import option, require, require_at_least, require_positive
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, encode_obs, to_env_actions
 from metarl.ppo import clipped_surrogate_loss, value_loss
@@ -315,17 +315,14 @@ class TrialPPOConfig:
     adapt_trials: int = option(1, "trials per task at evaluation when the caller gives none")
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "trials_per_task", "episodes_per_trial", "ppo_epochs", "minibatches",
-                     "adapt_trials"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "meta_batch_size", "trials_per_task", "episodes_per_trial", "ppo_epochs",
+                         "minibatches", "adapt_trials")
         require(self.bptt_chunk >= 0, f"bptt_chunk must be >= 0 rows (0: whole trials), got {self.bptt_chunk}")
         require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
         require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        for name in ("lr", "clip", "init_std", "reward_scale"):
-            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations", "max_grad_norm",
-                     "lr_final", "lr_decay_iterations"):
-            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        require_positive(self, "lr", "clip", "init_std", "reward_scale")
+        require_at_least(self, 0, "value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations",
+                         "max_grad_norm", "lr_final", "lr_decay_iterations")
 
     def entropy_at(self, iteration: int) -> float:
         """``c_H`` of ``iteration``: linear from ``entropy_coef`` to ``entropy_coef_final``."""

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from metarl.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from metarl.config import config_to_dict, option, require
+from metarl.config import config_to_dict, option, require_at_least
 from metarl.logging import CONFIG_NAME, Logger
 
 CHECKPOINT = "checkpoint.pt"
@@ -54,12 +54,8 @@ class TrainConfig:
                              "than their matmuls, and far more on a busy machine)")
 
     def __post_init__(self) -> None:
-        require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
-        require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
-        require(self.eval_tasks >= 1, f"eval_tasks must be >= 1, got {self.eval_tasks}")
-        require(self.eval_budget >= 0, f"eval_budget must be >= 0, got {self.eval_budget}")
-        require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        require(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
+        require_at_least(self, 0, "iterations", "eval_every", "eval_budget")
+        require_at_least(self, 1, "eval_tasks", "checkpoint_every", "threads")
         check_device(self.device)
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import types
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from metarl import rng
-from metarl.config import config_from_dict, option, require
+from metarl.config import config_from_dict, option, require, require_at_least, require_choice, require_positive
 from metarl.stats import mean_ci95
 from metarl.tasks import sample_split, task_split
 from metarl.types import Task
@@ -108,6 +110,22 @@ def test_config_from_dict_coerces_validates_and_suggests() -> None:
         config_from_dict(_Cfg, {"size": "three"})
     with pytest.raises(ValueError, match="must be an integer"):
         config_from_dict(_Cfg, {"size": 2.5})
+
+
+def test_field_checks_name_the_first_bad_field_its_value_and_the_choices() -> None:
+    cfg = types.SimpleNamespace(a=1, b=0, c=-1.5, mode="trnsductive")
+    require_at_least(cfg, 0, "a", "b")  # passes: 1 >= 0 and 0 >= 0
+    with pytest.raises(ValueError, match=r"^b must be >= 1, got 0$"):
+        require_at_least(cfg, 1, "a", "b", "c")  # b is the first field below 1
+    require_positive(cfg, "a")
+    with pytest.raises(ValueError, match=r"^c must be > 0, got -1.5$"):
+        require_positive(cfg, "a", "c")
+    require_choice(cfg, "mode", ("trnsductive",))
+    with pytest.raises(ValueError, match=re.escape(
+            "mode must be one of ('transductive', 'per-query'), got 'trnsductive' (did you mean 'transductive'?)")):
+        require_choice(cfg, "mode", ("transductive", "per-query"))
+    with pytest.raises(ValueError, match=r"got 'trnsductive'$"):  # no close match: no hint
+        require_choice(cfg, "mode", ("loop", "vmap"))
 
 
 def test_results_written_outside_the_repository_name_the_codes_commit(tmp_path):
