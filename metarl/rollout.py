@@ -160,6 +160,8 @@ def collect_packed_episodes(
     position = np.zeros(n * slots, dtype=np.int64)           # row of the slot's next step within its episode
     resetting = np.zeros(n * slots, dtype=bool)              # this step is the slot's autoreset step
     done = 0
+    # Per step, for every slot: (output column, row, recorded?, obs, action, log-prob, reward, terminated,
+    # truncated, next obs); _pack keeps the recorded entries (one gather at the end, not one per step).
     records: list[tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor,
                         np.ndarray, np.ndarray, np.ndarray, torch.Tensor]] = []
     obs = encode_obs(raw_obs, obs_space, device)
@@ -170,28 +172,27 @@ def collect_packed_episodes(
         next_obs = encode_obs(raw_next, obs_space, device)
         terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
         live = (column >= 0) & ~resetting
-        idx = np.flatnonzero(live)
-        records.append((column[idx], position[idx], idx, obs, actions, log_probs,
-                        np.asarray(reward, dtype=np.float32)[idx], terminated[idx], truncated[idx], next_obs))
+        records.append((column.copy(), position.copy(), live, obs, actions, log_probs,
+                        np.array(reward, dtype=np.float32), terminated.copy(), truncated.copy(), next_obs))
         ended = live & (terminated | truncated)
-        position[live] += 1
-        stuck = live & ~ended & (position >= horizon)
-        if stuck.any():
+        position += live
+        if position.max() >= horizon and (live & ~ended & (position >= horizon)).any():
             raise RuntimeError(
                 f"an episode reached max_steps={horizon} rows without the env ending it (terminated or truncated); "
                 "packed collection continues each sub-env through its autoreset, so the env must end its own "
                 f"episodes: give the env a time limit of {horizon} steps, or run one sub-env per episode "
                 "(envs_per_task = episodes_per_task)")
-        done += int(ended.sum())
-        # Hand out each task's next unstarted episodes to its ended slots, in slot order (slots are
-        # grouped by task, so a slot's rank among its task's ended slots is its offset in the group).
         ended_slots = np.flatnonzero(ended)
-        k = slot_task[ended_slots]
-        nxt = started[k] + np.arange(len(k)) - np.searchsorted(k, k)
-        column[ended_slots] = np.where(nxt < e, k * e + nxt, -1)
-        np.add.at(started, k, 1)
-        np.minimum(started, e, out=started)
-        position[ended] = 0
+        if ended_slots.size:  # most steps end no episode: skip the bookkeeping
+            done += ended_slots.size
+            # Hand out each task's next unstarted episodes to its ended slots, in slot order (slots are
+            # grouped by task, so a slot's rank among its task's ended slots is its offset in the group).
+            k = slot_task[ended_slots]
+            nxt = started[k] + np.arange(len(k)) - np.searchsorted(k, k)
+            column[ended_slots] = np.where(nxt < e, k * e + nxt, -1)
+            np.add.at(started, k, 1)
+            np.minimum(started, e, out=started)
+            position[ended_slots] = 0
         resetting = ended
         obs = next_obs
     return _pack(records, n * e, e, device)
@@ -199,11 +200,13 @@ def collect_packed_episodes(
 
 def _pack(records: list[Any], columns: int, episodes_per_task: int, device: torch.device | str) -> TrajectoryBatch:
     """Scatter the recorded ``(column, row)`` steps of :func:`collect_packed_episodes` into a batch."""
-    col = np.concatenate([r[0] for r in records])
-    row = np.concatenate([r[1] for r in records])
+    keep = np.concatenate([r[2] for r in records])
+    col = np.concatenate([r[0] for r in records])[keep]
+    row = np.concatenate([r[1] for r in records])[keep]
     length = int(row.max()) + 1
     c = torch.as_tensor(col, device=device)
     t = torch.as_tensor(row, device=device)
+    kept = torch.as_tensor(keep, device=device)
 
     def scatter(values: torch.Tensor) -> torch.Tensor:
         out = values.new_zeros((length, columns, *values.shape[1:]))
@@ -211,10 +214,10 @@ def _pack(records: list[Any], columns: int, episodes_per_task: int, device: torc
         return out
 
     def gathered(i: int) -> torch.Tensor:
-        return torch.cat([r[i][torch.as_tensor(r[2], device=device)] for r in records])
+        return torch.cat([r[i] for r in records])[kept]
 
     def host(i: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(np.concatenate([r[i] for r in records]), device=device, dtype=dtype)
+        return torch.as_tensor(np.concatenate([r[i] for r in records])[keep], device=device, dtype=dtype)
 
     return TrajectoryBatch(
         obs=scatter(gathered(3)), actions=scatter(gathered(4)), log_probs=scatter(gathered(5)),
@@ -288,9 +291,9 @@ def task_policy_act_fn(policy: torch.nn.Module, stacked: dict[str, torch.Tensor]
     """
     from metarl.functional import task_distribution, task_outputs
 
-    # The built-in policies draw (action, log-prob) straight from their outputs (sample_with_log_prob: the same
-    # values as their distribution's sample/log_prob, without building one per step); others go through
-    # their distribution.
+    # The built-in policies draw (action, log-prob) straight from their outputs (sample_with_log_prob: the law
+    # of their distribution's sample/log_prob, without building one per step); others go through their
+    # distribution.
     sample = getattr(policy, "sample_with_log_prob", None)
 
     def act(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -157,11 +157,10 @@ def test_task_advantages_ignore_padding_and_other_tasks() -> None:
 # ---------------------------------------------------------------------------------------------- sampling
 
 
-@pytest.mark.parametrize("discrete", [False, True])
 @pytest.mark.parametrize("shape", [(7,), (3, 5)])
-def test_sample_with_log_prob_is_the_distributions_draw_bit_for_bit(discrete: bool, shape: tuple[int, ...]) -> None:
+def test_gaussian_sample_with_log_prob_is_the_distributions_draw_bit_for_bit(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    policy = CategoricalMLPPolicy(4, 3, hidden=(8,)) if discrete else GaussianMLPPolicy(4, 2, hidden=(8,))
+    policy = GaussianMLPPolicy(4, 2, hidden=(8,))
     out = policy(torch.randn(*shape, 4) * 3)
     torch.manual_seed(11)
     dist = policy.make_distribution(out)
@@ -173,6 +172,43 @@ def test_sample_with_log_prob_is_the_distributions_draw_bit_for_bit(discrete: bo
     assert a.shape == a_ref.shape and logp.shape == shape
     # the log-probability keeps its graph to the policy (not used by the rollout, but not silently cut)
     assert logp.requires_grad
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_categorical_sample_with_log_prob_has_the_distributions_log_probs(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    policy = CategoricalMLPPolicy(4, 3, hidden=(8,))
+    out = policy(torch.randn(*shape, 4) * 3)
+    a, logp = policy.sample_with_log_prob(out)
+    assert a.shape == shape and a.dtype == torch.long and logp.shape == shape
+    assert bool(((a >= 0) & (a < 3)).all())
+    torch.testing.assert_close(logp, policy.make_distribution(out).log_prob(a), rtol=0, atol=1e-6)
+    assert logp.requires_grad
+
+
+def test_categorical_sample_with_log_prob_draws_from_the_softmax() -> None:
+    # Inverse-CDF sampling: action k exactly when cdf[k-1] <= u < cdf[k] for u = rand * total. Fixed logits with
+    # probabilities 0.1 / 0.0 / 0.6 / 0.3 (a zero-probability action in the middle and at the boundary of u = 0
+    # when the first one is zero too): the frequencies over 200k rows match within 5 standard errors, and a
+    # probability-0 action is never drawn.
+    torch.manual_seed(3)
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.5, 0.5, 0.0]])
+    n = 100_000
+    logits = probs.log().repeat_interleave(n, dim=0)   # log 0 = -inf: an impossible action
+    a, logp = CategoricalMLPPolicy.sample_with_log_prob(logits)
+    for row in range(2):
+        freq = torch.bincount(a[row * n:(row + 1) * n], minlength=4).double() / n
+        p = probs[row].double()
+        assert bool((freq[p == 0] == 0).all())
+        assert bool(((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-12).all()), (row, freq, p)
+    assert bool(torch.isfinite(logp).all())
+    # u itself: at the row level, the draw is the count of cdf entries <= u
+    torch.manual_seed(5)
+    u = torch.rand(2 * n, 1)
+    torch.manual_seed(5)
+    a2, _ = CategoricalMLPPolicy.sample_with_log_prob(logits)
+    cdf = logits.softmax(-1).cumsum(-1)
+    assert torch.equal(a2, (cdf <= u * cdf[:, -1:]).sum(-1).clamp(max=3))
 
 
 @pytest.mark.parametrize("discrete", [False, True])
