@@ -59,6 +59,7 @@ from metarl.trials import (
     action_input_dim,
     collect_trials,
     encode_action,
+    greedy_actions,
     memory_input_dim,
     memory_inputs,
 )
@@ -373,10 +374,7 @@ class AdaptedMemoryPolicy(AdaptedPolicy):
         with torch.no_grad():
             dist, _, self.state = model.step(x, self.state, torch.tensor([self.steps], device=self.device))
             self.steps += 1
-            if deterministic:
-                a = dist.probs.argmax(-1) if model.discrete else dist.mean  # type: ignore[attr-defined]
-            else:
-                a = dist.sample()
+            a = greedy_actions(dist) if deterministic else dist.sample()
         self.prev_action = encode_action(a, self.action_space)
         self._fresh = False
         return to_env_actions(a, self.action_space)[0]
@@ -410,10 +408,11 @@ class TrialPPOLearner:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.steps_done = 0
 
-    def collect(self, tasks: Sequence[Task], trials_per_task: int, n_episodes: int, seed: int) -> TrialBatch:
+    def collect(self, tasks: Sequence[Task], trials_per_task: int, n_episodes: int, seed: int,
+                greedy: bool = False) -> TrialBatch:
         venv = self.envs.vector(len(tasks) * trials_per_task)
         return collect_trials(venv, self.model, tasks, trials_per_task, n_episodes, seed, self.envs.horizon,
-                              self.config.bptt_chunk, self.config.reward_scale, self.device)
+                              self.config.bptt_chunk, self.config.reward_scale, self.device, greedy)
 
     def meta_train_step(self, tasks: Sequence[Task]) -> dict[str, float]:
         c = self.config
@@ -435,12 +434,13 @@ class TrialPPOLearner:
         return metrics
 
     def adapt_many(self, tasks: Sequence[Task], budget: int, seed: int,
-                   episodes_per_step: int | None = None) -> AdaptationResult:
+                   episodes_per_step: int | None = None, greedy: bool = False) -> AdaptationResult:
+        """Trials of ``budget + 1`` episodes per task (``greedy``: most likely actions, not sampled ones)."""
         if budget < 0:
             raise ValueError(f"budget must be >= 0 (a trial of budget + 1 episodes), got {budget}")
         e = episodes_per_step or self.config.adapt_trials
         n = len(tasks)
-        batch = self.collect(tasks, e, budget + 1, seed)
+        batch = self.collect(tasks, e, budget + 1, seed, greedy)
         stage = batch.episode_returns.reshape(n, e, budget + 1).mean(1).cpu().numpy().astype(np.float64)
         first = torch.arange(n, device=self.device) * e  # each task's first trial carries on in its policy
         adapted: list[AdaptedPolicy] = [

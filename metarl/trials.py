@@ -182,16 +182,25 @@ def _scatter(values: torch.Tensor, real: torch.Tensor, pos: torch.Tensor, length
     return out
 
 
+def greedy_actions(dist: Distribution) -> torch.Tensor:
+    """The most likely action of each row: the argmax of a categorical, the mean of a Gaussian."""
+    if isinstance(dist, torch.distributions.Categorical):
+        return dist.probs.argmax(-1)
+    return dist.mean
+
+
 def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: Sequence[Task],
                    trials_per_task: int, n_episodes: int, seed: int, horizon: int, chunk: int = 0,
-                   reward_scale: float = 1.0, device: torch.device | str = "cpu") -> TrialBatch:
+                   reward_scale: float = 1.0, device: torch.device | str = "cpu", greedy: bool = False) -> TrialBatch:
     """Run one trial of ``n_episodes`` episodes in every column, all columns in one batched env.
 
     ``venv.num_envs`` must equal ``len(tasks) * trials_per_task``. The env is reset with ``seed``
     (sub-env ``i`` gets ``seed + i``) after its tasks are set. ``horizon`` is the env's episode
     length: the rollout stops at ``n_episodes * (horizon + 1)`` env steps at the latest (the ``+ 1``:
     autoreset steps), cutting (with a warning) any trial an env never ended. ``chunk``: rows per BPTT
-    chunk whose initial states are stored (0: the whole trial is one chunk).
+    chunk whose initial states are stored (0: the whole trial is one chunk). ``greedy``: take the most
+    likely action (Gaussian: the mean) instead of sampling, for evaluation; ``log_probs`` are still the
+    policy's log-probabilities of the actions taken.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1 episode per trial, got {n_episodes}")
@@ -231,7 +240,7 @@ def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: 
                 initial_states[pos[idx] // step_chunk, idx] = state[idx]
             with torch.no_grad():
                 dist, values, new_state = model.step(x, state, pos)
-                actions = dist.sample()
+                actions = greedy_actions(dist) if greedy else dist.sample()
                 log_probs = dist.log_prob(actions)
             state = torch.where(real[:, None], new_state, state)
         else:  # every column is autoresetting: the env ignores the actions

@@ -148,6 +148,30 @@ def test_update_recomputes_the_rollout_sequence(chunk: int) -> None:
             torch.testing.assert_close(batch.final_states[b:b + 1], final)
 
 
+@pytest.mark.parametrize("env_id", ["metarl/Navigation2D-v0", "metarl/Bandit-v0"])
+def test_greedy_trials_take_the_most_likely_action(env_id: str) -> None:
+    """``greedy=True``: at every real step the action is the argmax (categorical) or the mean (Gaussian) of
+    the policy given the trial so far, recomputed from the recorded inputs; sampling differs from it."""
+    torch.manual_seed(0)
+    kwargs = {"horizon": 12} if "Navigation" in env_id else {"n_pulls": 12}
+    envs = TaskEnvs(env_id, kwargs)
+    tasks = envs.sample_tasks(4, np.random.default_rng(1))
+    model = RecurrentActorCritic(GRUCore(memory_input_dim(envs.observation_space, envs.action_space), 8),
+                                 envs.observation_space, envs.action_space)
+    batch = collect_trials(envs.vector(4), model, tasks, 1, n_episodes=2, seed=0, horizon=12, greedy=True)
+    with torch.no_grad():
+        dist, _, _ = model.evaluate(batch.inputs, model.initial_state(4))
+    real = batch.mask > 0
+    if isinstance(dist, Categorical):
+        best = dist.probs.argmax(-1)
+    else:
+        best = dist.mean
+    assert torch.equal(batch.actions[real], best[real])
+    torch.testing.assert_close(batch.log_probs[real], dist.log_prob(batch.actions)[real])
+    sampled = collect_trials(envs.vector(4), model, tasks, 1, n_episodes=2, seed=0, horizon=12)
+    assert not torch.equal(sampled.actions, batch.actions)
+
+
 def test_memory_inputs_encode_previous_action_reward_and_done() -> None:
     box = gymnasium.spaces.Box(-2.0, 2.0, (2,))
     a = encode_action(torch.tensor([[3.0, -0.5]]), box)
