@@ -57,7 +57,8 @@ import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from metarl.rng import UniformBlocks, batch_seeds, rekey, reset_stream, uniform
+from metarl.lockstep import LockstepClock
+from metarl.rng import batch_seeds, reset_stream, uniform
 from metarl.tasks import sample_split
 from metarl.types import Task
 
@@ -262,14 +263,7 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
         if tasks is None:
             tasks = [_default_task(self.n_arms) if task is None else task] * self.num_envs
         self.set_tasks(tasks)
-        self._t = np.zeros(self.num_envs, dtype=np.int64)
-        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-        self._any_reset = False
-        self._draws = UniformBlocks(draws_per_step=1)
-        self._started = False
-        self._keys = np.zeros(self.num_envs, dtype=np.uint64)
-        self._has_key = np.zeros(self.num_envs, dtype=np.bool_)
-        self._counters = np.zeros(self.num_envs, dtype=np.uint64)
+        self._clock = LockstepClock(self.num_envs, self.n_pulls, draws_per_step=1, name="BanditVectorEnv")
         self._obs = np.zeros((self.num_envs, 1), dtype=np.float32)
 
     @property
@@ -311,68 +305,25 @@ class BanditVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], npt.ND
         """
         seeds = batch_seeds(seed, self.num_envs)
         super().reset(seed=seeds[0])
-        self._counters[rekey(seeds, self._keys, self._has_key, self.np_random)] = 0
+        self._clock.reset(seeds, self.np_random)
         if options is not None and "tasks" in options:
             self.set_tasks(options["tasks"])
-        self._t[:] = 0
-        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-        self._any_reset = False
-        self._draws.invalidate()
-        self._started = True
         return self._obs.copy(), {}
 
     def step(self, actions: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], FloatArray, npt.NDArray[np.bool_],
                                                      npt.NDArray[np.bool_], dict[str, Any]]:
         """Pull one arm in every sub-env (resetting those whose trial ended on the previous step)."""
-        if not self._started:
-            raise RuntimeError("BanditVectorEnv.step() called before reset(); call envs.reset() first")
-        a = np.asarray(actions)
-        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
-            raise ValueError(f"actions must be ints of shape ({self.num_envs},), got {a.dtype} of shape {a.shape}")
-        resetting = self._autoreset
-        # Sub-envs share n_pulls, so autoresets are rare steps (usually all sub-envs at once): a fast path
-        # for the common step keeps the batched env well ahead of the per-env loop at small batches.
-        any_reset = self._any_reset
-        if any_reset and resetting.all():
-            # Every trial ended on the previous step (the usual case: sub-envs share n_pulls), so every sub-env
-            # just resets, ignoring its action; nothing is drawn, and the counters stay where they are.
-            self._t[:] = 0
-            self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-            self._any_reset = False
+        clock = self._clock
+        a = clock.begin(actions, self.n_arms, "arm indices")
+        if a is None:  # every trial ended on the previous step: every sub-env just resets, nothing is drawn
             zeros = np.zeros(self.num_envs)
             flags = np.zeros(self.num_envs, dtype=np.bool_)
             return (self._obs.copy(), zeros, flags, flags.copy(),
                     {"expected_reward": zeros.copy(), "best_prob": self._best.copy()})
-        if any_reset:
-            live = ~resetting
-            # The arm of an autoresetting sub-env is ignored (SyncVectorEnv semantics), even if out of range.
-            if ((a < 0) | (a >= self.n_arms))[live].any():
-                raise ValueError(f"actions must be arm indices in [0, {self.n_arms}), got {a.tolist()}")
-            a = np.where(live, a, 0)
-        elif a.min() < 0 or a.max() >= self.n_arms:
-            raise ValueError(f"actions must be arm indices in [0, {self.n_arms}), got {a.tolist()}")
         p = self._flat_probs.take(self._row_offsets + a)
-        if any_reset:
-            u = uniform(self._keys, self._counters)
-        else:
-            if self._draws.exhausted:
-                self._draws.refill(self._keys, self._counters, self.n_pulls - int(self._t.max()))
-            u = self._draws.pop()[:, 0]
+        u = clock.noise(lambda keys, counters: uniform(keys, counters)[:, None])[:, 0]
         reward = bernoulli_reward(p, u)
-        self._t += 1
-        truncated = self._t >= self.n_pulls
-        terminated = np.zeros(self.num_envs, dtype=np.bool_)
-        expected = p
-        if any_reset:
-            self._counters += live.astype(np.uint64)
-            self._draws.invalidate()  # counters advanced unevenly
-            self._t[resetting] = 0
-            reward[resetting] = 0.0
-            truncated[resetting] = False
-            expected = np.where(live, p, 0.0)
-        else:
-            self._counters += np.uint64(1)
-        self._autoreset = truncated.copy()  # a copy: the returned flags must never change afterwards
-        self._any_reset = bool(truncated.any())
+        expected = p if clock.live is None else np.where(clock.live, p, 0.0)
+        terminated, truncated = clock.end(reward)
         info = {"expected_reward": expected, "best_prob": self._best.copy()}
         return self._obs.copy(), reward, terminated, truncated, info

@@ -61,7 +61,8 @@ import numpy.typing as npt
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from metarl.rng import UniformBlocks, batch_seeds, rekey, reset_stream, uniform
+from metarl.lockstep import LockstepClock
+from metarl.rng import batch_seeds, reset_stream, uniform
 from metarl.tasks import sample_split
 from metarl.types import Task
 
@@ -388,14 +389,8 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
         self._eye = np.eye(self.n_states, dtype=np.float32)
         self.set_tasks(tasks)
         self._state = np.zeros(self.num_envs, dtype=np.int64)
-        self._t = np.zeros(self.num_envs, dtype=np.int64)
-        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-        self._any_reset = False
-        self._draws = UniformBlocks(draws_per_step=DRAWS_PER_STEP, transform=step_noise)
-        self._started = False
-        self._keys = np.zeros(self.num_envs, dtype=np.uint64)
-        self._has_key = np.zeros(self.num_envs, dtype=np.bool_)
-        self._counters = np.zeros(self.num_envs, dtype=np.uint64)
+        self._clock = LockstepClock(self.num_envs, self.horizon, DRAWS_PER_STEP, transform=step_noise,
+                                    name="TabularMDPVectorEnv")
 
     # --- meta verbs -------------------------------------------------------------------------------
     def sample_tasks(self, n: int, rng: np.random.Generator | None = None,
@@ -437,67 +432,26 @@ class TabularMDPVectorEnv(gymnasium.vector.VectorEnv[npt.NDArray[np.float32], np
         """
         seeds = batch_seeds(seed, self.num_envs)
         super().reset(seed=seeds[0])
-        self._counters[rekey(seeds, self._keys, self._has_key, self.np_random)] = 0
+        self._clock.reset(seeds, self.np_random)
         if options is not None and "tasks" in options:
             self.set_tasks(options["tasks"])
         self._state = np.zeros(self.num_envs, dtype=np.int64)
-        self._t[:] = 0
-        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-        self._any_reset = False
-        self._draws.invalidate()
-        self._started = True
         return self._obs(), {"state": self._state.copy()}
 
     def step(self, actions: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], FloatArray, npt.NDArray[np.bool_],
                                                      npt.NDArray[np.bool_], dict[str, Any]]:
         """Step every sub-env (resetting those whose episode ended on the previous step)."""
-        if not self._started:
-            raise RuntimeError("TabularMDPVectorEnv.step() called before reset(); call envs.reset() first")
-        a = np.asarray(actions)
-        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
-            raise ValueError(f"actions must be ints of shape ({self.num_envs},), got {a.dtype} of shape {a.shape}")
-        resetting = self._autoreset
-        # Sub-envs share the horizon, so autoresets are rare steps (usually all sub-envs at once): a fast path
-        # for the common step keeps the batched env well ahead of the per-env loop at small batches.
-        any_reset = self._any_reset
-        if any_reset and resetting.all():
-            # Every episode ended on the previous step (the usual case: sub-envs share the horizon), so every
-            # sub-env just resets to state 0, ignoring its action; nothing is drawn, the counters stay put.
+        clock = self._clock
+        a = clock.begin(actions, self.n_actions, "ints")
+        if a is None:  # every episode ended on the previous step: every sub-env just resets to state 0
             self._state = np.zeros(self.num_envs, dtype=np.int64)
-            self._t[:] = 0
-            self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-            self._any_reset = False
             flags = np.zeros(self.num_envs, dtype=np.bool_)
             return self._obs(), np.zeros(self.num_envs), flags, flags.copy(), {"state": self._state.copy()}
-        if any_reset:
-            live = ~resetting
-            # The action of an autoresetting sub-env is ignored (SyncVectorEnv semantics), even if out of range.
-            if ((a < 0) | (a >= self.n_actions))[live].any():
-                raise ValueError(f"actions must be in [0, {self.n_actions}), got {a.tolist()}")
-            a = np.where(live, a, 0)
-        elif a.min() < 0 or a.max() >= self.n_actions:
-            raise ValueError(f"actions must be in [0, {self.n_actions}), got {a.tolist()}")
         pair = self._pair_offsets + self._state * self.n_actions + a  # flat (env, state, action) index
-        if any_reset:
-            noise = step_noise(step_draws(self._keys, self._counters))
-        else:
-            if self._draws.exhausted:
-                self._draws.refill(self._keys, self._counters, self.horizon - int(self._t.max()))
-            noise = self._draws.pop()
+        noise = clock.noise(lambda keys, counters: step_noise(step_draws(keys, counters)))
         reward, next_state = transition(self._flat_mu.take(pair), self._flat_cdf.take(pair, axis=0), noise)
-        self._t += 1
-        truncated = self._t >= self.horizon
-        terminated = np.zeros(self.num_envs, dtype=np.bool_)
-        if any_reset:
-            self._counters += live.astype(np.uint64) * np.uint64(DRAWS_PER_STEP)
-            self._draws.invalidate()  # counters advanced unevenly
-            next_state[resetting] = 0
-            self._t[resetting] = 0
-            reward[resetting] = 0.0
-            truncated[resetting] = False
-        else:
-            self._counters += np.uint64(DRAWS_PER_STEP)
+        if clock.live is not None:
+            next_state[clock.resetting] = 0
+        terminated, truncated = clock.end(reward)
         self._state = next_state
-        self._autoreset = truncated.copy()  # a copy: the returned flags must never change afterwards
-        self._any_reset = bool(truncated.any())
         return self._obs(), reward, terminated, truncated, {"state": next_state.copy()}

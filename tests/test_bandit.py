@@ -175,7 +175,7 @@ def test_batched_equals_sync_vector_env(n_pulls, steps, desync):
     np.testing.assert_array_equal(batched.reset(seed=5)[0], sync.reset(seed=5)[0])
     if desync:  # only reachable by hand (sub-envs share n_pulls): exercises the partial-autoreset path
         for i, t in [(0, 3), (2, 5)]:
-            batched._t[i] = sync.envs[i].unwrapped._t = t
+            batched._clock.t[i] = sync.envs[i].unwrapped._t = t
     n_trunc = 0
     for _ in range(steps):
         actions = rng.integers(0, k, size=n)

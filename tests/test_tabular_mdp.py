@@ -232,7 +232,7 @@ def test_batched_equals_sync_vector_env(horizon, steps, desync):
     np.testing.assert_array_equal(batched.reset(seed=3)[0], sync.reset(seed=3)[0])
     if desync:  # only reachable by hand (sub-envs share the horizon): exercises the partial-autoreset path
         for i, t in [(0, 1), (2, 3)]:
-            batched._t[i] = sync.envs[i].unwrapped._t = t
+            batched._clock.t[i] = sync.envs[i].unwrapped._t = t
     n_trunc = 0
     for _ in range(steps):
         actions = rng.integers(0, 5, size=n)
@@ -300,7 +300,7 @@ def test_bad_tasks_and_actions():
     venv.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         venv.step(np.zeros((2, 1), dtype=int))
-    with pytest.raises(ValueError, match=r"actions must be in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"actions must be ints in \[0, 5\)"):
         venv.step(np.array([0, 7]))
 
 
