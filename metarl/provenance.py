@@ -28,6 +28,11 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+# The code that runs is the code Python loaded: the checkout's commit when metarl.provenance is first
+# imported (a benchmark imports it at start). A long run whose checkout moves on meanwhile still names it.
+STARTUP_COMMIT = git_commit()
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, core count, Python/torch/gymnasium/numpy versions and the CUDA device if any."""
     import gymnasium
@@ -60,20 +65,23 @@ def machine_info() -> dict[str, Any]:
 def write_results(path: str | Path, payload: dict[str, Any], wall_time_s: float | None = None) -> Path:
     """Write ``payload`` plus provenance (machine, commit, date, wall time) as pretty JSON, atomically.
 
-    The commit is that of the metarl code that ran (the checkout holding this package), wherever the
-    file goes: a result written to a temporary folder still names the code that produced it.
+    The commit is that of the metarl code that ran (the checkout holding this package, as it was when
+    the process imported this module: :data:`STARTUP_COMMIT`), wherever the file goes: a result written
+    to a temporary folder still names the code that produced it, and one whose checkout moved on while
+    it ran says so in ``commit_at_write``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        **payload,
-        "provenance": {
-            "machine": machine_info(),
-            "commit": git_commit(),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "wall_time_s": wall_time_s,
-        },
+    provenance: dict[str, Any] = {
+        "machine": machine_info(),
+        "commit": STARTUP_COMMIT,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_time_s": wall_time_s,
     }
+    now = git_commit()
+    if now != STARTUP_COMMIT:
+        provenance["commit_at_write"] = now
+    record = {**payload, "provenance": provenance}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)

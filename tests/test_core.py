@@ -138,3 +138,17 @@ def test_results_written_outside_the_repository_name_the_codes_commit(tmp_path):
     assert git_commit(tmp_path) == "unknown"  # the output folder itself is not in a repository
     out = write_results(tmp_path / "r.json", {"x": 1})
     assert json.loads(out.read_text())["provenance"]["commit"] == git_commit()
+
+
+def test_results_name_the_commit_the_process_started_from(tmp_path, monkeypatch):
+    """A long run whose checkout moves on (new commits, edits) records the code it loaded, and the move."""
+    import json
+
+    from metarl import provenance
+
+    out = provenance.write_results(tmp_path / "a.json", {"x": 1})
+    assert "commit_at_write" not in json.loads(out.read_text())["provenance"]
+    monkeypatch.setattr(provenance, "git_commit", lambda cwd=None: "0123abc-moved")
+    rec = json.loads(provenance.write_results(tmp_path / "b.json", {"x": 1}).read_text())["provenance"]
+    assert rec["commit"] == provenance.STARTUP_COMMIT != "0123abc-moved"
+    assert rec["commit_at_write"] == "0123abc-moved"
