@@ -127,6 +127,9 @@ class MANNConfig(TrialPPOConfig):
     memory_width: int = option(16, "slot width W (Santoro et al.: 40)")
     read_heads: int = option(1, "read heads R (Santoro et al.: 4)")
     shift_range: int = option(1, "circular shifts -S..S of location addressing (NTM: 1)")
+    compile_step: bool = option(False, "compile the memory step with torch.compile (measured on CPU: 3.2x "
+                                       "faster unroll + backward, after about a minute of compilation per "
+                                       "batch shape; needs a C++ compiler)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,6 +162,10 @@ class NTMCore(nn.Module):
                       self.n * self.w]
         self.state_size = sum(self.sizes)
         self.output_size = self.hidden + self.r * self.w
+        if c.compile_step:
+            # One step's ~60 small ops fused into a few kernels (forward and backward); same arithmetic up
+            # to rounding (tests/test_mann.py). The eager method stays reachable as NTMCore._advance.
+            self._advance = torch.compile(self._advance)  # type: ignore[method-assign]
 
     def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat ``[B, S]`` -> controller state, reads ``[B, R, W]``, read weights ``[B, R, N]``, write weights

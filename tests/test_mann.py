@@ -147,6 +147,27 @@ def test_fast_unroll_has_the_gradients_of_step_by_step(controller: str) -> None:
         torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
 
 
+def test_compiled_step_has_the_values_and_gradients_of_the_eager_step() -> None:
+    """``compile_step=True`` (torch.compile of one memory step): the same outputs, final state and parameter
+    gradients as the eager core with the same weights (float64, up to the rounding of fused kernels)."""
+    pytest.importorskip("torch._inductor")
+    torch.manual_seed(0)
+    small = {"controller_size": 8, "memory_slots": 5, "memory_width": 3, "read_heads": 2}
+    eager = NTMCore(6, MANNConfig(**small)).double()
+    compiled = NTMCore(6, MANNConfig(**small, compile_step=True)).double()
+    compiled.load_state_dict(eager.state_dict())
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, 6, generator=g, dtype=torch.float64)
+    s0 = eager.initial_state(3, "cpu")
+
+    def run(core: NTMCore) -> list[torch.Tensor]:
+        out, s = core.unroll(x, s0)
+        return [out.detach(), s.detach(), *torch.autograd.grad(out.square().sum() + s.sum(), list(core.parameters()))]
+
+    for c, e in zip(run(compiled), run(eager), strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-9, atol=1e-11)
+
+
 def test_circular_shift_equals_the_sum_over_rolled_copies() -> None:
     """The gathered convolution equals its definition, sum_o s(o) roll(w, o), for a wider shift range."""
     g = torch.Generator().manual_seed(3)
