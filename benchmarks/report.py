@@ -103,7 +103,8 @@ SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole", "rl2
 
 
 SPEED_TABLES: dict[str, str] = {"speed_maml": "maml_meta_iteration", "speed_protonet": "protonet_episode",
-                                "speed_rollout": "rollout_collection", "speed_end_to_end": "end_to_end"}
+                                "speed_rollout": "rollout_collection", "speed_memory_core": "memory_core",
+                                "speed_end_to_end": "end_to_end"}
 """Results files of ``benchmarks/speed/`` (``python benchmarks/speed/run_all.py``) and the script whose
 ``readme_table(d)`` renders each."""
 

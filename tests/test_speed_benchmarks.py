@@ -127,3 +127,16 @@ def test_end_to_end_reads_committed_training_logs(tmp_path: Path) -> None:
     for r in d["rows"]:
         assert r["training_wall_time_s"] > 0 and r["reached"] == (r["test_value"] >= r["target"])
     assert "| MAML-RL Navigation2D" in end_to_end.readme_table(d)
+
+
+def test_memory_core_quick_run(tmp_path: Path) -> None:
+    """Eager vs compiled MANN step (and RL²'s GRU): the script checks their agreement itself, then times them."""
+    pytest.importorskip("torch._inductor")
+    import memory_core
+
+    out = tmp_path / "speed_memory_core.json"
+    d = memory_core.main(["--quick", "--out", str(out)])
+    assert [r["workload"] for r in d["rows"]] == ["update", "rollout"]
+    for r in d["rows"]:
+        assert all(s["median"] > 0 for s in r["seconds"].values()) and r["eager_over_compiled"]["median"] > 0
+    assert "| update |" in memory_core.readme_table(json.loads(out.read_text()))

@@ -10,6 +10,8 @@ Parts (``--only`` names):
 - ``protonet``: ``protonet_episode.py``, metarl vs plain torch -> ``speed_protonet.json``
 - ``rollout``: ``rollout_collection.py``, metarl vs Stable-Baselines3 PPO collection -> ``speed_rollout.json``
 - ``env``: ``benchmarks/env_throughput.py``, batched twins vs ``SyncVectorEnv`` -> ``speed_env.json``
+- ``memory``: ``memory_core.py``, MANN's memory step eager vs ``torch.compile``, and RL²'s GRU
+  -> ``speed_memory_core.json``
 - ``end_to_end``: ``end_to_end.py``, wall-clock to targets read from committed training logs (no training)
   -> ``speed_end_to_end.json``
 
@@ -36,6 +38,7 @@ PARTS = {
     "protonet": (HERE / "protonet_episode.py", "speed_protonet.json"),
     "rollout": (HERE / "rollout_collection.py", "speed_rollout.json"),
     "env": (HERE.parent / "env_throughput.py", "speed_env.json"),
+    "memory": (HERE / "memory_core.py", "speed_memory_core.json"),
     "end_to_end": (HERE / "end_to_end.py", "speed_end_to_end.json"),
 }
 
