@@ -127,9 +127,9 @@ class MANNConfig(TrialPPOConfig):
     memory_width: int = option(16, "slot width W (Santoro et al.: 40)")
     read_heads: int = option(1, "read heads R (Santoro et al.: 4)")
     shift_range: int = option(1, "circular shifts -S..S of location addressing (NTM: 1)")
-    compile_step: bool = option(False, "compile the memory step with torch.compile (measured on CPU: 3.2x "
-                                       "faster unroll + backward, after about a minute of compilation per "
-                                       "batch shape; needs a C++ compiler)")
+    compile_step: bool = option(False, "compile the memory step with torch.compile (CPU, benchmarks/speed/"
+                                       "memory_core.py: 3.7x faster unroll + backward, 2.2x faster rollout "
+                                       "steps, after about a minute of compiling; needs a C++ compiler)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

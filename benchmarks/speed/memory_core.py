@@ -15,7 +15,7 @@ width 16, 1 read head), ``mann compiled`` (the same weights with ``compile_step=
 first checked against eager MANN on the same inputs (compiled: same outputs and gradients, rtol 1e-4 in
 float32). Rounds interleave the implementations; reported are median / min / max seconds over rounds and
 the ratio ``eager / compiled`` per round, plus the time of the first compiled call of each shape
-(compilation).
+(compilation, from an empty inductor cache).
 
 Run: ``python benchmarks/speed/memory_core.py`` (a few minutes, most of it compiling) or ``--quick``.
 Results: ``benchmarks/results/speed_memory_core.json``.
@@ -24,9 +24,14 @@ Results: ``benchmarks/results/speed_memory_core.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
+
+# An empty compile cache, so that "first compiled call" is the compilation a new user waits for
+# (with a warm cache from an earlier run it takes seconds).
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="metarl-inductor-")
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,7 +140,8 @@ def readme_table(d: dict[str, Any]) -> str:
              f"`python benchmarks/speed/memory_core.py` ({machine_line(d)}); update = {d['workload']['steps']}-step "
              f"unroll + backward of {d['workload']['update_trials']} trials, rollout = {d['workload']['steps']} "
              f"steps of {d['workload']['rollout_trials']} trials without gradients", "",
-             "| workload | MANN eager | MANN compiled | eager / compiled | first compiled call | RL² GRU |",
+             "| workload | MANN eager | MANN compiled | eager / compiled | first compiled call (empty cache) "
+             "| RL² GRU |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in d["rows"]:
         s = r["seconds"]
