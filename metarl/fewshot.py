@@ -47,6 +47,7 @@ from metarl.config import (
     require_choice,
     suggest,
 )
+from metarl.provenance import write_results  # imported with the command: records the commit of the code that runs
 from metarl.stats import MeanCI, mean_ci95
 from metarl.supervised import Problem, has_batch_statistics
 from metarl.training import CHECKPOINT, TrainConfig, check_device, train
@@ -332,8 +333,6 @@ def plot_evaluation(evaluation: FewShotEvaluation, path: Path) -> Path:
 
 
 def write_evaluation(evaluation: FewShotEvaluation, out_dir: Path, wall_time_s: float) -> tuple[Path, Path]:
-    from metarl.provenance import write_results
-
     json_path = write_results(out_dir / f"{EVALUATION}.json", evaluation.to_dict(), wall_time_s)
     return json_path, plot_evaluation(evaluation, out_dir / f"{EVALUATION}.png")
 

@@ -7,7 +7,7 @@ with both flags ``False``), and each real step consumes ``draws_per_step`` numbe
 counter-RNG stream (:mod:`metarl.rng`). :class:`LockstepClock` holds that state and the three moves of
 a step, so each env's ``step`` keeps only its own transition::
 
-    step = clock.begin(actions, n_actions, "arm indices")   # validate; None: every sub-env resets now
+    a = clock.begin(actions, n_actions, "arm indices")      # validate; None: every sub-env resets now
     noise = clock.noise(fresh_draws)                       # this step's draws, [N, draws_per_step]
     ... the env's transition ...
     terminated, truncated = clock.end(reward)              # t, counters and autoreset flags advance

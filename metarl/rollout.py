@@ -170,10 +170,11 @@ def collect_packed_episodes(
             actions, log_probs = act_fn(obs)
         raw_next, reward, terminated, truncated, _ = venv.step(to_env_actions(actions, act_space))
         next_obs = encode_obs(raw_next, obs_space, device)
-        terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
+        # copies: the records must not change if the env reuses its output buffers
+        terminated, truncated = np.array(terminated, dtype=bool), np.array(truncated, dtype=bool)
         live = (column >= 0) & ~resetting
         records.append((column.copy(), position.copy(), live, obs, actions, log_probs,
-                        np.array(reward, dtype=np.float32), terminated.copy(), truncated.copy(), next_obs))
+                        np.array(reward, dtype=np.float32), terminated, truncated, next_obs))
         ended = live & (terminated | truncated)
         position += live
         if position.max() >= horizon and (live & ~ended & (position >= horizon)).any():
