@@ -8,7 +8,9 @@ trial is ``n`` episodes of one MDP. The agent is meta-trained on *train* MDPs th
 trial (mean ± 95% CI over MDPs), the return of every episode of the trial (episode 1 vs later ones:
 what the memory adds), and two exact references computed by dynamic programming on the same MDPs: the
 uniformly random policy and the optimal policy of each MDP *given* its parameters (an upper bound no
-learner reaches without knowing the MDP). Paper: RL² 156.2 at n = 10 (random 100.1).
+learner reaches without knowing the MDP; :func:`metarl.tabular.episode_values`). The classical strategies
+(greedy, PSRL, BEB, ...) on the same MDPs are ``benchmarks/tabular_baselines.py``.
+Paper: RL² 156.2 at n = 10 (random 100.1).
 
 Run::
 
@@ -42,24 +44,11 @@ from metarl.cli import _algorithms, _parse_env_kwargs  # noqa: E402
 from metarl.config import config_from_dict, config_to_dict  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
+from metarl.tabular import episode_values  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular.json"
 PAPER = {10: 156.2, 25: 445.7, 50: 936.1, 100: 1913.7}
 PAPER_RANDOM = {10: 100.1, 100: 999.4}
-
-
-def episode_values(mu: np.ndarray, p: np.ndarray, horizon: int) -> tuple[float, float]:
-    """Expected return of one episode from state 0: (optimal policy knowing the MDP, uniform random policy).
-
-    Backward induction ``Q_t(s, a) = mu(s, a) + sum_s' P(s' | s, a) V_{t+1}(s')`` with ``V_T = 0``;
-    ``V_t = max_a Q_t`` (optimal) or ``mean_a Q_t`` (random). ``mu [S, A]``, ``p [S, A, S]``.
-    """
-    v_opt = np.zeros(mu.shape[0])
-    v_rand = np.zeros(mu.shape[0])
-    for _ in range(horizon):
-        v_opt = (mu + p @ v_opt).max(axis=1)
-        v_rand = (mu + p @ v_rand).mean(axis=1)
-    return float(v_opt[0]), float(v_rand[0])
 
 
 def readme_table(d: dict[str, Any]) -> str:
