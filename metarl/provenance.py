@@ -16,12 +16,13 @@ from typing import Any
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """The current commit hash (with ``-dirty`` if the work tree has changes), or ``unknown``."""
+    """The current commit hash, or ``unknown``; ``-dirty`` if the work tree differs from it: changed tracked
+    files or new files git does not ignore (a new, uncommitted script is code the commit does not hold)."""
     cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

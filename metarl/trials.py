@@ -183,10 +183,15 @@ def _scatter(values: torch.Tensor, real: torch.Tensor, pos: torch.Tensor, length
 
 
 def greedy_actions(dist: Distribution) -> torch.Tensor:
-    """The most likely action of each row: the argmax of a categorical, the mean of a Gaussian."""
-    if isinstance(dist, torch.distributions.Categorical):
-        return dist.probs.argmax(-1)
-    return dist.mean
+    """The most likely action of each row, ``dist.mode``: the argmax of a categorical, the mean of a Gaussian.
+
+    A custom memory model's distribution must define ``mode`` for greedy evaluation."""
+    try:
+        return dist.mode
+    except NotImplementedError:
+        raise TypeError(f"greedy evaluation takes the policy distribution's most likely action, but "
+                        f"{type(dist).__name__} does not define `mode`; implement it, or evaluate with "
+                        "greedy=False") from None
 
 
 def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: Sequence[Task],

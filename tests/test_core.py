@@ -140,6 +140,36 @@ def test_results_written_outside_the_repository_name_the_codes_commit(tmp_path):
     assert json.loads(out.read_text())["provenance"]["commit"] == git_commit()
 
 
+def test_git_commit_is_dirty_with_changed_or_new_files(tmp_path):
+    import shutil
+    import subprocess
+
+    from metarl.provenance import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "log.txt").write_text("ignored output\n")
+    assert git_commit(tmp_path) == clean  # ignored files do not count
+    (tmp_path / "b.py").write_text("y = 2\n")  # a new, untracked source file
+    assert git_commit(tmp_path) == clean + "-dirty"
+    (tmp_path / "b.py").unlink()
+    (tmp_path / "a.py").write_text("x = 3\n")  # a changed tracked file
+    assert git_commit(tmp_path) == clean + "-dirty"
+
+
 def test_results_name_the_commit_the_process_started_from(tmp_path, monkeypatch):
     """A long run whose checkout moves on (new commits, edits) records the code it loaded, and the move."""
     import json

@@ -197,3 +197,20 @@ def test_trial_batch_select_keeps_columns() -> None:
     sub = batch.select(torch.tensor([2]))
     assert isinstance(sub, TrialBatch) and sub.inputs.shape[1] == 1 and sub.final_states.shape[0] == 1
     torch.testing.assert_close(sub.rewards[:, 0], batch.rewards[:, 2])
+
+
+def test_greedy_actions_take_the_mode():
+    from torch.distributions import Independent, Normal
+
+    from metarl.trials import greedy_actions
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
+    assert greedy_actions(Categorical(logits=logits)).tolist() == [1, 0]
+    loc = torch.tensor([[0.3, -1.2]])
+    assert torch.equal(greedy_actions(Independent(Normal(loc, torch.ones(1, 2)), 1)), loc)
+
+    class NoMode(Distribution):
+        arg_constraints: dict = {}
+
+    with pytest.raises(TypeError, match="NoMode does not define `mode`"):
+        greedy_actions(NoMode(validate_args=False))
