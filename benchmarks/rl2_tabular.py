@@ -42,13 +42,19 @@ from rl2_bandits import (  # noqa: E402
 
 from metarl.cli import _algorithms, _parse_env_kwargs  # noqa: E402
 from metarl.config import config_from_dict, config_to_dict  # noqa: E402
-from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
+from metarl.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
-from metarl.tabular import episode_values  # noqa: E402
+from metarl.tabular import PSRL, Greedy, episode_values, play_trials  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular.json"
 PAPER = {10: 156.2, 25: 445.7, 50: 936.1, 100: 1913.7}
 PAPER_RANDOM = {10: 100.1, 100: 999.4}
+
+
+def _cell(ci: dict[str, Any] | None, signed: bool = False) -> str:
+    if not ci:
+        return "not run"
+    return f"{ci['mean']:{'+' if signed else ''}.1f} ± {ci['ci95']:.1f}"
 
 
 def readme_table(d: dict[str, Any]) -> str:
@@ -56,14 +62,19 @@ def readme_table(d: dict[str, Any]) -> str:
     heading = ["### RL² on tabular MDPs (RL² Table 2; total reward of a 10-episode trial, 1000 "
                "held-out MDPs; reduced run)", "",
                f"`python benchmarks/rl2_tabular.py` ({machine_line(d)})", ""]
-    lines = ["| n episodes | agent | trial total | episode 1 | last episode | random (exact) | optimal, MDP known "
-             "(exact) | paper RL² | iterations, env steps | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| n episodes | agent | trial total | greedy actions | episode 1 | last episode | posterior-mean greedy "
+             "(same MDPs) | agent − greedy (paired) | PSRL | random (exact) | optimal, MDP known (exact) | paper RL² | "
+             "iterations, env steps | train time |",
+             "|" + " --- |" * 14]
     for e in sorted(d["entries"].values(), key=lambda e: (e["n_episodes"], e["agent"])):
         r, eps = e["result"], e["per_episode"]
+        classical = e.get("classical", {})  # entries made before the greedy actions and classical columns: none
         lines.append(
             f"| {e['n_episodes']} | {e['agent'].upper()} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
+            f"{_cell(e.get('result_greedy'))} | "
             f"{eps[0]['mean']:.2f} ± {eps[0]['ci95']:.2f} | {eps[-1]['mean']:.2f} ± {eps[-1]['ci95']:.2f} | "
+            f"{_cell(classical.get('greedy'))} | {_cell(e.get('minus_greedy'), signed=True)} | "
+            f"{_cell(classical.get('psrl'))} | "
             f"{e['random_exact']:.1f} | {e['optimal_exact']:.1f} | {e['paper'] or ''} | "
             f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
     return "\n".join([*heading, *lines])
@@ -88,7 +99,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
     torch.manual_seed(0)
     per_episode = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1).stage_returns  # [N, n]
+    greedy = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1, greedy=True).stage_returns
     refs = np.array([episode_values(*t.arrays(), envs.horizon) for t in tasks])  # [N, 2]
+    venv = TabularMDPVectorEnv(n_test, tasks=tasks)  # the parameter-free classical strategies, same MDPs
+    classical = {name: play_trials(strategy, venv, args.n, seed=0).total_reward
+                 for name, strategy in (("greedy", Greedy()), ("psrl", PSRL()))}
     env_steps = sum(row.get("rollout/env_steps", 0.0) for row in curve)
     entry = {
         "agent": args.agent, "n_episodes": args.n, "config": config_to_dict(config), "iterations": iterations,
@@ -97,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          "CPU cores; the paper trained with TRPO on far larger batches",
         "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},
         "result": mean_ci95(per_episode.sum(1)).to_dict(),
+        "result_greedy": mean_ci95(greedy.sum(1)).to_dict(),
+        "classical": {name: mean_ci95(total).to_dict() for name, total in classical.items()},
+        "minus_greedy": mean_ci95(per_episode.sum(1) - classical["greedy"]).to_dict(),
         "per_episode": [mean_ci95(per_episode[:, k]).to_dict() for k in range(args.n)],
         "optimal_exact": float(args.n * refs[:, 0].mean()), "random_exact": float(args.n * refs[:, 1].mean()),
         "paper": PAPER.get(args.n), "paper_random": PAPER_RANDOM.get(args.n),

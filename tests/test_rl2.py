@@ -217,6 +217,11 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
     d = json.loads(out.read_text())
     assert d["provenance"]["wall_time_s"] > 0 and "machine" in d["provenance"]
     assert "|" in proc.stdout  # the README table rendered by the script's readme_table
+    if script == "rl2_tabular.py":  # greedy actions and the classical strategies on the same test MDPs
+        entry = next(iter(d["entries"].values()))
+        assert entry["result_greedy"]["n"] == entry["classical"]["greedy"]["n"] == entry["classical"]["psrl"]["n"]
+        paired = entry["result"]["mean"] - entry["classical"]["greedy"]["mean"]
+        assert entry["minus_greedy"]["mean"] == pytest.approx(paired)
 
 
 def test_running_value_statistics_are_the_statistics_of_every_target_seen() -> None:
