@@ -30,7 +30,7 @@ from metarl.fewshot import (
     evaluate_fewshot,
     learners,
 )
-from metarl.provenance import git_commit, write_results
+from metarl.provenance import code_commit, write_results
 from metarl.training import CHECKPOINT, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def run_setting(key: str, learner: str, data: FewShotDataConfig, overrides: Mapp
                           "paper_budget": paper_budget, "wall_time_s": train_s, "step_time_s": step_s,
                           "final_metrics": {k: v for k, v in metrics.items() if not k.startswith("time/")},
                           "threads": torch.get_num_threads()},
-             "commit": git_commit(ROOT), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+             **code_commit()}  # the commit the run started from (a long run's checkout may move on)
     return entry
 
 

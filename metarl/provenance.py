@@ -63,6 +63,16 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def code_commit() -> dict[str, str]:
+    """``commit`` (:data:`STARTUP_COMMIT`, the code this process runs), ``date_utc`` now, and ``commit_at_write``
+    (the checkout's commit now) only if the checkout moved on since start-up."""
+    record = {"commit": STARTUP_COMMIT, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    now = git_commit()
+    if now != STARTUP_COMMIT:
+        record["commit_at_write"] = now
+    return record
+
+
 def write_results(path: str | Path, payload: dict[str, Any], wall_time_s: float | None = None) -> Path:
     """Write ``payload`` plus provenance (machine, commit, date, wall time) as pretty JSON, atomically.
 
@@ -73,15 +83,7 @@ def write_results(path: str | Path, payload: dict[str, Any], wall_time_s: float 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    provenance: dict[str, Any] = {
-        "machine": machine_info(),
-        "commit": STARTUP_COMMIT,
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "wall_time_s": wall_time_s,
-    }
-    now = git_commit()
-    if now != STARTUP_COMMIT:
-        provenance["commit_at_write"] = now
+    provenance: dict[str, Any] = {"machine": machine_info(), **code_commit(), "wall_time_s": wall_time_s}
     record = {**payload, "provenance": provenance}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")

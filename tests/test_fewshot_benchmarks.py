@@ -34,6 +34,9 @@ def test_sinusoid_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.Monkey
     assert e["metric"] == "mse" and e["test"]["n"] == 20 and len(e["curve"]) == 11  # curve to 10 steps
     assert e["protocol"]["reported_after_steps"] == 1 and e["target"]["value"] == 1.13
     assert e["reduced"] and d["provenance"]["machine"]["cpu_count"] >= 1
+    from metarl.provenance import STARTUP_COMMIT
+
+    assert e["commit"] == STARTUP_COMMIT  # the code the run started from, not the checkout's at write time
     assert d["entries"]["lstm-opt-5shot"]["reached_target"] is None  # no published number
     assert "| MAML (1 step) |" in bench.readme_table(d)
 
