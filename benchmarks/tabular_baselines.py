@@ -8,10 +8,11 @@ state 0; a trial is ``n`` episodes of one MDP, score = total reward of the trial
 - 1000 *test* MDPs (``TabularMDPEnv().sample_tasks(1000, default_rng(seed), split="test")``: the MDPs
   ``benchmarks/rl2_tabular.py`` tests RL^2 on), played through ``TabularMDPVectorEnv`` reset with env seed
   ``seed``, every strategy on the same MDPs.
-- Strategies (:mod:`metarl.tabular`; all know the family's prior, as a meta-learner learns it): random;
-  greedy on the posterior-mean MDP; epsilon-greedy (``epsilon`` tuned); PSRL (one posterior sample per
+- Strategies (:mod:`metarl.tabular`; all but UCRL2 know the family's prior, as a meta-learner learns it):
+  random; greedy on the posterior-mean MDP; epsilon-greedy (``epsilon`` tuned); PSRL (one posterior sample per
   episode); optimistic PSRL (max over ``k`` samples, ``k`` tuned); BEB (bonus ``beta / (1 + n(s, a))``,
-  ``beta`` tuned). All re-plan once per episode (the episodic schedule); greedy and BEB are also run
+  ``beta`` tuned); UCRL2 (optimistic planning in confidence sets around the empirical MDP, no prior; the
+  radii's ``scale`` tuned). All re-plan once per episode (the episodic schedule); greedy and BEB are also run
   re-planning before every step (columns "per-step plan"), which uses what the current episode has shown.
 - Tuning: 1000 *train* MDPs (seed ``seed + 1``, env seed ``seed + 1``), grids below, best mean total reward.
 - Exact references on the test MDPs (dynamic programming, :func:`metarl.tabular.episode_values`): the
@@ -20,9 +21,9 @@ state 0; a trial is ``n`` episodes of one MDP, score = total reward of the trial
   PSRL, optimistic PSRL, UCRL2, BEB, epsilon-greedy and greedy, run with priors and settings it does not
   state; they are not copied here, so no column claims to reproduce them.
 
-Run: ``python benchmarks/tabular_baselines.py`` (a few minutes on 2 CPU cores, most of it the per-step
-re-planning at n = 100) or ``--quick`` (100 MDPs, n = 10 and 25, small grids; seconds, temporary file
-unless ``--out``). Results: ``benchmarks/results/tabular_baselines.json``.
+Run: ``python benchmarks/tabular_baselines.py`` (about 10 minutes on 2 CPU cores, most of it the
+per-step re-planning and the tuning at n = 100) or ``--quick`` (100 MDPs, n = 10 and 25, small grids;
+seconds, temporary file unless ``--out``). Results: ``benchmarks/results/tabular_baselines.json``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from metarl.stats import mean_ci95  # noqa: E402
 from metarl.tabular import (  # noqa: E402
     BEB,
     PSRL,
+    UCRL2,
     EpsilonGreedy,
     Greedy,
     OptimisticPSRL,
@@ -62,12 +64,13 @@ QUICK_EPISODES: tuple[int, ...] = (10, 25)
 EPSILON_GRID = (0.01, 0.02, 0.05, 0.1, 0.2)
 BETA_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 SAMPLES_GRID = (2, 5, 10)
+SCALE_GRID = (0.05, 0.1, 0.2, 0.5, 1.0)
 PAPER_RL2 = {10: 156.2, 25: 445.7, 50: 936.1, 100: 1913.7}
 PAPER_RANDOM = {10: 100.1, 100: 999.4}
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("random", "random"), ("greedy", "greedy"), ("epsilon_greedy", "ε-greedy (tuned ε)"), ("psrl", "PSRL"),
-    ("optimistic_psrl", "optimistic PSRL (tuned k)"), ("beb", "BEB (tuned β)"),
+    ("optimistic_psrl", "optimistic PSRL (tuned k)"), ("beb", "BEB (tuned β)"), ("ucrl2", "UCRL2 (tuned scale)"),
     ("greedy_step", "greedy, per-step plan"), ("beb_step", "BEB, per-step plan (tuned β)"),
 )
 
@@ -91,6 +94,7 @@ def run_setting(n: int, n_mdps: int, seed: int, grids: dict[str, tuple[Any, ...]
     beta, beta_scores = tune(lambda b: BEB(beta=b), grids["beta"], train, n, seed + 1)
     beta_step, beta_step_scores = tune(lambda b: BEB(beta=b, replan="step"), grids["beta"], train, n, seed + 1)
     k, k_scores = tune(lambda s: OptimisticPSRL(samples=s), grids["samples"], train, n, seed + 1)
+    scale, scale_scores = tune(lambda c: UCRL2(scale=c), grids["scale"], train, n, seed + 1)
     strategies: dict[str, tuple[TabularStrategy, dict[str, Any]]] = {
         "random": (RandomAction(), {}),
         "greedy": (Greedy(), {"replan": "episode"}),
@@ -98,6 +102,7 @@ def run_setting(n: int, n_mdps: int, seed: int, grids: dict[str, tuple[Any, ...]
         "psrl": (PSRL(), {"replan": "episode"}),
         "optimistic_psrl": (OptimisticPSRL(samples=k), {"samples": k, "tuned_on_train": k_scores}),
         "beb": (BEB(beta=beta), {"beta": beta, "tuned_on_train": beta_scores}),
+        "ucrl2": (UCRL2(scale=scale), {"scale": scale, "delta": UCRL2.delta, "tuned_on_train": scale_scores}),
         "greedy_step": (Greedy(replan="step"), {"replan": "step"}),
         "beb_step": (BEB(beta=beta_step, replan="step"), {"beta": beta_step, "replan": "step",
                                                           "tuned_on_train": beta_step_scores}),
@@ -120,7 +125,7 @@ def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``tabular_baselines.json``: one row per trial length ``n``."""
     lines = ["### Classical strategies on tabular MDPs (total reward of an n-episode trial, "
              f"{d['setup']['n_test_mdps']} held-out MDPs, mean ± 95% CI)", "",
-             f"`python benchmarks/tabular_baselines.py` ({machine_line(d)}); the strategies know the family's "
+             f"`python benchmarks/tabular_baselines.py` ({machine_line(d)}); all but UCRL2 know the family's "
              "prior; \"per-step plan\" re-plans before every step instead of once per episode", "",
              "| n | " + " | ".join(title for _, title in COLUMNS) + " | optimal, MDP known (exact) | RL² (paper) |",
              "|" + " --- |" * (len(COLUMNS) + 3)]
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0, help="seed of the test MDPs and of their env draws")
     args = parser.parse_args(argv)
     n_mdps = 100 if args.quick else 1000
-    grids: dict[str, tuple[Any, ...]] = {"epsilon": EPSILON_GRID, "beta": BETA_GRID, "samples": SAMPLES_GRID}
+    grids: dict[str, tuple[Any, ...]] = {"epsilon": EPSILON_GRID, "beta": BETA_GRID, "samples": SAMPLES_GRID,
+                                         "scale": SCALE_GRID}
     if args.quick:
         grids = {name: grid[:2] for name, grid in grids.items()}
     out = args.out or (Path(tempfile.mkdtemp()) / "tabular_baselines.json" if args.quick else RESULTS)

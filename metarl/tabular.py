@@ -41,8 +41,13 @@ uniformly at random (:func:`metarl.bandits.argmax_random_ties`):
 - :class:`BEB`, Bayesian exploration bonus (Kolter & Ng, 2009): plans on the posterior-mean MDP with the
   reward ``r(s, a) + beta / (1 + n(s, a))``.
 
-The paper's table also lists UCRL2 (Jaksch et al., 2010); it is not implemented here: its confidence sets
-are built for rewards bounded in ``[0, 1]``, and this family's rewards are Gaussian. The Bayes-optimal
+- :class:`UCRL2`, optimism in the face of uncertainty (Jaksch, Ortner & Auer, 2010), in its episodic form:
+  plans on the most optimistic MDP of a confidence set around the empirical means (no prior), by extended
+  value iteration (:func:`optimistic_transitions`). The reward radius is the sub-Gaussian one for the
+  family's unit-variance noise (UCRL2's own is for rewards in ``[0, 1]``); the transition radius is
+  UCRL2's; both are multiplied by ``scale``.
+
+The Bayes-optimal
 policy is intractable; :func:`episode_values` gives the two exact references of a known MDP (its optimal
 policy, the uniformly random policy). Each strategy's own randomness (ties, exploration, posterior draws)
 comes from a ``numpy.random.Generator`` separate from the env's reward and transition draws.
@@ -71,7 +76,8 @@ from metarl.bandits import argmax_random_ties
 from metarl.envs.tabular_mdp import TabularMDPVectorEnv
 
 __all__ = ["TabularPrior", "Posterior", "plan", "episode_values", "TabularStrategy", "RandomAction", "Greedy",
-           "EpsilonGreedy", "PSRL", "OptimisticPSRL", "BEB", "TabularTrialResult", "play_trials"]
+           "EpsilonGreedy", "PSRL", "OptimisticPSRL", "BEB", "UCRL2", "optimistic_transitions", "TabularTrialResult",
+           "play_trials"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -306,6 +312,72 @@ class BEB(TabularStrategy):
 
     def _extra_repr(self) -> str:
         return f"beta={self.beta}"
+
+
+def optimistic_transitions(p_hat: FloatArray, radius: FloatArray, values: FloatArray) -> FloatArray:
+    """The transition rows within L1 distance ``radius`` of ``p_hat`` that maximise ``sum_s' P(s') V(s')``.
+
+    ``p_hat [B, S, A, S]`` rows on the simplex, ``radius [B, S, A]`` >= 0, ``values [B, S]`` the next-step values
+    of each MDP. The maximiser of this linear program (UCRL2's inner problem) moves ``min(1 - p_hat(s*),
+    radius / 2)`` of probability onto the best next state ``s*`` and takes it from the worst states first.
+    """
+    n_states = values.shape[-1]
+    order = np.argsort(-values, axis=-1, kind="stable")  # [B, S], best next state first
+    p = np.array(p_hat, dtype=np.float64, copy=True)
+    shape = (*p.shape[:-1], 1)
+
+    def column(k: int) -> IntArray:  # [B, S, A, 1] index of each MDP's k-th best next state
+        return np.broadcast_to(order[:, None, None, k:k + 1], shape)
+
+    best = column(0)
+    p_best = np.take_along_axis(p, best, -1)[..., 0]
+    moved = np.minimum(1.0 - p_best, radius / 2.0)
+    np.put_along_axis(p, best, (p_best + moved)[..., None], -1)
+    excess = moved.copy()
+    for k in range(n_states - 1, 0, -1):  # from the worst state up
+        idx = column(k)
+        current = np.take_along_axis(p, idx, -1)[..., 0]
+        taken = np.minimum(current, excess)
+        np.put_along_axis(p, idx, (current - taken)[..., None], -1)
+        excess -= taken
+    return p
+
+
+class UCRL2(TabularStrategy):
+    """Plan on the most optimistic MDP within confidence radii of the empirical rewards and transitions.
+
+    After ``n(s, a)`` visits (``m = max(1, n)``) and ``t`` steps in all (``t >= 1``), with ``delta = 0.05``::
+
+        r(s, a)    <=  R(s, a) / m  +  scale * sqrt(2 ln(2 S A t / delta) / m)          (unit-variance Gaussian noise)
+        |P(s, a, .) - C(s, a, .) / m|_1  <=  scale * sqrt(14 S ln(2 A t / delta) / m)  (UCRL2's radius)
+
+    Unvisited pairs have empirical reward 0 and uniform transitions (their radii cover whatever matters). The
+    prior is not used.
+    """
+
+    delta: float = 0.05
+
+    def __init__(self, scale: float = 1.0, replan: Replan = "episode") -> None:
+        super().__init__(None, replan)
+        self.scale = _check_positive("scale", scale, allow_zero=True)
+
+    def q_values(self) -> FloatArray:
+        post = self.posterior
+        n_states, n_actions = post.visits.shape[1:]
+        m = np.maximum(post.visits, 1.0)
+        t = max(float(post.visits.sum(axis=(1, 2)).max()), 1.0)
+        r = post.reward_sums / m + self.scale * np.sqrt(2 * math.log(2 * n_states * n_actions * t / self.delta) / m)
+        radius = self.scale * np.sqrt(14 * n_states * math.log(2 * n_actions * t / self.delta) / m)
+        p_hat = np.where(post.visits[..., None] > 0, post.next_counts / m[..., None], 1.0 / n_states)
+        q = np.empty((self.horizon, *r.shape))
+        v = np.zeros(r.shape[:-1])
+        for step in range(self.horizon - 1, -1, -1):
+            q[step] = r + np.einsum("bsan,bn->bsa", optimistic_transitions(p_hat, radius, v), v)
+            v = q[step].max(axis=-1)
+        return q
+
+    def _extra_repr(self) -> str:
+        return f"scale={self.scale}"
 
 
 @dataclass(frozen=True)

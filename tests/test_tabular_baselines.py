@@ -17,6 +17,7 @@ from metarl.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
 from metarl.tabular import (
     BEB,
     PSRL,
+    UCRL2,
     EpsilonGreedy,
     Greedy,
     OptimisticPSRL,
@@ -24,6 +25,7 @@ from metarl.tabular import (
     RandomAction,
     TabularPrior,
     episode_values,
+    optimistic_transitions,
     plan,
     play_trials,
 )
@@ -200,11 +202,54 @@ def test_random_and_greedy_on_many_mdps():
     assert greedy.episode_returns[:, -1].mean() > greedy.episode_returns[:, 0].mean() + 3
 
 
+def test_optimistic_transitions_solve_the_linear_program():
+    rng = np.random.default_rng(0)
+    p_hat = rng.dirichlet(np.ones(4), size=(3, 4, 2))  # [B, S, A, S] with S = 4
+    radius = rng.uniform(0, 1.5, size=(3, 4, 2))
+    values = rng.normal(size=(3, 4))
+    p = optimistic_transitions(p_hat, radius, values)
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-12)
+    assert (p >= -1e-15).all()
+    assert (np.abs(p - p_hat).sum(-1) <= radius + 1e-12).all()  # inside the confidence set
+    best = np.einsum("bsan,bn->bsa", p, values)
+    # No feasible row does better: random points of the simplex that lie inside the L1 ball.
+    candidates = rng.dirichlet(np.full(4, 0.3), size=20000)  # [N, S]
+    for b, s, a in itertools.product(range(3), range(4), range(2)):
+        inside = np.abs(candidates - p_hat[b, s, a]).sum(-1) <= radius[b, s, a]
+        if inside.any():
+            assert (candidates[inside] @ values[b]).max() <= best[b, s, a] + 1e-12
+    # By hand: radius 0 keeps p_hat; radius 2 puts everything on the best next state.
+    v = np.array([[0.0, 2.0, 1.0]])
+    row = np.full((1, 1, 1, 3), 1 / 3)
+    np.testing.assert_allclose(optimistic_transitions(row, np.zeros((1, 1, 1)), v), row)
+    np.testing.assert_allclose(optimistic_transitions(row, np.full((1, 1, 1), 2.0), v)[0, 0, 0], [0, 1, 0])
+    # radius 0.4: +0.2 on the best state, taken from the worst (state 0)
+    np.testing.assert_allclose(optimistic_transitions(row, np.full((1, 1, 1), 0.4), v)[0, 0, 0],
+                               [1 / 3 - 0.2, 1 / 3 + 0.2, 1 / 3])
+
+
+def test_ucrl2_with_zero_radii_is_greedy_on_the_empirical_mdp():
+    venv = TabularMDPVectorEnv(4, n_states=3, n_actions=2, horizon=4,
+                               tasks=TabularMDPEnv(n_states=3, n_actions=2).sample_tasks(4, np.random.default_rng(0)))
+    strategy = UCRL2(scale=0.0)
+    play_trials(strategy, venv, 3, seed=0)  # fills the counts
+    post = strategy.posterior
+    m = np.maximum(post.visits, 1.0)
+    p_hat = np.where(post.visits[..., None] > 0, post.next_counts / m[..., None], 1 / 3)
+    np.testing.assert_allclose(strategy.q_values(), plan(post.reward_sums / m, p_hat, 4), atol=1e-12)
+    wide = UCRL2(scale=1.0)
+    wide.reset(4, 3, 2, 4, np.random.default_rng(0))
+    wide.posterior = post
+    assert (wide.q_values() >= strategy.q_values() - 1e-12).all()  # optimism only adds value
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="epsilon must lie in"):
         EpsilonGreedy(epsilon=1.5)
     with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         BEB(beta=-1.0)
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+        UCRL2(scale=float("nan"))
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         OptimisticPSRL(samples=0)
     with pytest.raises(ValueError, match="replan must be 'episode' or 'step'"):
