@@ -90,6 +90,7 @@ def protonet(results: Path) -> dict[str, Any]:
             "iterations": e["training"]["iterations"], "training_wall_time_s": float(e["training"]["wall_time_s"]),
             "how": "test: entries.protonet-1shot.test (1000 episodes, non-transductive BatchNorm); wall-clock: "
                    "entries.protonet-1shot.training.wall_time_s",
+            **({"machine_note": e["machine_note"]} if "machine_note" in e else {}),
             "source": source}
 
 
@@ -123,6 +124,8 @@ def readme_table(d: dict[str, Any]) -> str:
                      f"({r['training_wall_time_to_first_touch_s'] / 60:.1f} min)")
         if not r["reached"]:
             note += "; not reached within the run: time to target unknown"
+        if r.get("machine_note"):
+            note += f"; {r['machine_note']}"
         lines.append(f"| {r['task']} | {r['target']:.2f} | {r['test_value']:.2f}{ci} | "
                      f"{'yes' if r['reached'] else 'no'} | {r['training_wall_time_s'] / 60:.1f} min | {note} |")
     return "\n".join(lines)
