@@ -21,8 +21,8 @@ state 0; a trial is ``n`` episodes of one MDP, score = total reward of the trial
   PSRL, optimistic PSRL, UCRL2, BEB, epsilon-greedy and greedy, run with priors and settings it does not
   state; they are not copied here, so no column claims to reproduce them.
 
-Run: ``python benchmarks/tabular_baselines.py`` (about 10 minutes on 2 CPU cores, most of it the
-per-step re-planning and the tuning at n = 100) or ``--quick`` (100 MDPs, n = 10 and 25, small grids;
+Run: ``python benchmarks/tabular_baselines.py`` (about 25 minutes on 2 shared CPU cores, most of it the
+per-step re-planning, UCRL2 and the tuning at n = 100) or ``--quick`` (100 MDPs, n = 10 and 25, small grids;
 seconds, temporary file unless ``--out``). Results: ``benchmarks/results/tabular_baselines.json``.
 """
 
@@ -61,10 +61,10 @@ from metarl.tabular import (  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "tabular_baselines.json"
 EPISODES: tuple[int, ...] = (10, 25, 50, 100)
 QUICK_EPISODES: tuple[int, ...] = (10, 25)
-EPSILON_GRID = (0.01, 0.02, 0.05, 0.1, 0.2)
+EPSILON_GRID = (0.0, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2)  # 0.0 is Greedy: the tuned value may be no exploration
 BETA_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 SAMPLES_GRID = (2, 5, 10)
-SCALE_GRID = (0.05, 0.1, 0.2, 0.5, 1.0)
+SCALE_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 PAPER_RL2 = {10: 156.2, 25: 445.7, 50: 936.1, 100: 1913.7}
 PAPER_RANDOM = {10: 100.1, 100: 999.4}
 
