@@ -21,7 +21,7 @@ state 0; a trial is ``n`` episodes of one MDP, score = total reward of the trial
   PSRL, optimistic PSRL, UCRL2, BEB, epsilon-greedy and greedy, run with priors and settings it does not
   state; they are not copied here, so no column claims to reproduce them.
 
-Run: ``python benchmarks/tabular_baselines.py`` (about 25 minutes on 2 shared CPU cores, most of it the
+Run: ``python benchmarks/tabular_baselines.py`` (about 13 minutes on 2 CPU cores, most of it the
 per-step re-planning, UCRL2 and the tuning at n = 100) or ``--quick`` (100 MDPs, n = 10 and 25, small grids;
 seconds, temporary file unless ``--out``). Results: ``benchmarks/results/tabular_baselines.json``.
 """

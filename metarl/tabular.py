@@ -266,6 +266,8 @@ class EpsilonGreedy(Greedy):
 
     def act(self, t: int, states: IntArray) -> IntArray:
         greedy = super().act(t, states)
+        if self.epsilon == 0:  # exactly Greedy: no exploration draws, so the same tie-breaking stream
+            return greedy
         explore = self.rng.random(greedy.shape) < self.epsilon
         return np.where(explore, self.rng.integers(0, self.n_actions, greedy.shape), greedy)
 

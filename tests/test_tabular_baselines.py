@@ -142,8 +142,9 @@ def test_strategy_equalities():
     rng_tasks = np.random.default_rng(3)
     tasks = TabularMDPEnv(n_states=4, n_actions=3).sample_tasks(16, rng_tasks)
     venv = TabularMDPVectorEnv(16, n_states=4, n_actions=3, horizon=5, tasks=tasks)
-    # beta = 0 is greedy; one optimistic sample is PSRL (the same posterior draws).
-    pairs = [(BEB(beta=0.0), Greedy()), (OptimisticPSRL(samples=1), PSRL()),
+    # beta = 0 and epsilon = 0 are greedy (the same tie-breaking draws); one optimistic sample is PSRL (the same
+    # posterior draws).
+    pairs = [(BEB(beta=0.0), Greedy()), (EpsilonGreedy(epsilon=0.0), Greedy()), (OptimisticPSRL(samples=1), PSRL()),
              (BEB(beta=0.0, replan="step"), Greedy(replan="step"))]
     for a, b in pairs:
         ra = play_trials(a, venv, 4, seed=1)
