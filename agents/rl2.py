@@ -28,8 +28,9 @@ Choices where codebases differ, and ours:
   TRPO; the paper's hyperparameters kept where they carry over: gamma = 0.99, GAE lambda = 0.3 on
   bandits (sec. 4.1 / appendix), one GRU layer.
 - GRU size: the paper uses 256 units; ``hidden_size`` is configurable (the benchmarks record what they use).
-- Shared GRU for policy and value (one core, two linear heads), as the paper's single recurrent network
-  with a value head; garage trains a separate baseline.
+- Value function: ``value_core="shared"`` (default) puts the linear value head on the policy's GRU (one
+  core, two heads); ``"separate"`` gives the value head a GRU of its own that reads the same inputs, as
+  the RL² authors' code does (a separate recurrent baseline network in their rllab sandbox).
 - Trial end: terminal for the value target (the objective stops there); episode ends inside the trial
   are not (the paper's "the hidden state is not reset between episodes"). Episodes are separated for the
   network only by the done flag in the input.

@@ -20,6 +20,11 @@ value heads on the core's output. Experience comes in trials (:mod:`metarl.trial
   log-probabilities and values exactly before the first gradient step (tested), and PPO's clipped
   surrogate (:func:`metarl.ppo.clipped_surrogate_loss`), value loss and entropy bonus are taken over
   the real steps: ``L = L_clip + c_V L_V - c_H H``.
+- **Shared or separate value memory** (``value_core``). ``shared``: the value head reads the policy's core,
+  ``V(h_t)``. ``separate``: a second core of the same kind reads the same inputs and only the value head
+  reads it, ``V(h^V_t)`` with ``h^V_t = core_V(x_0..x_t)``, as the RL² authors' code trains a separate
+  recurrent baseline; the value loss then reaches the policy's weights only through the shared gradient
+  clipping. The two cores' states are concatenated into the one flat state the rollout stores.
 
 - **Value targets in unit scale.** The value head predicts the return normalised by running statistics
   of the value targets (mean and variance over every target seen, :meth:`RecurrentActorCritic.update_value_stats`;
@@ -48,7 +53,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from metarl.config import option, require, require_at_least, require_positive
+from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, encode_obs, to_env_actions
 from metarl.ppo import clipped_surrogate_loss, value_loss
@@ -64,6 +69,8 @@ from metarl.trials import (
     memory_inputs,
 )
 from metarl.types import Task
+
+VALUE_CORES = ("shared", "separate")
 
 
 class MemoryCore(Protocol):
@@ -102,6 +109,9 @@ class RecurrentActorCritic(nn.Module):
     policy head starts at weights x 0.01 (near-uniform / near-zero-mean actions; Andrychowicz et al.
     2021, "What matters in on-policy RL", sec. 3.2).
 
+    ``value_core``: a second memory core for the value head alone (module docstring); the state is
+    ``[policy core's state, value core's state]``.
+
     ``time_scale > 0`` makes the value head time-aware: ``V(h_t, t / time_scale)`` with ``t`` the step index
     in the trial (Pardo et al. 2018, "Time Limits in Reinforcement Learning": in a fixed-length trial the
     value depends on the time left, which a GRU would have to learn to count). Only the value reads it;
@@ -113,7 +123,8 @@ class RecurrentActorCritic(nn.Module):
     value_count: torch.Tensor
 
     def __init__(self, core: nn.Module, observation_space: gymnasium.Space, action_space: gymnasium.Space,
-                 init_std: float = 1.0, time_scale: float = 0.0, normalize_values: bool = False) -> None:
+                 init_std: float = 1.0, time_scale: float = 0.0, normalize_values: bool = False,
+                 value_core: nn.Module | None = None) -> None:
         super().__init__()
         self.normalize_values = bool(normalize_values)
         # Running statistics of the value targets (float64: they accumulate over the whole run).
@@ -123,6 +134,8 @@ class RecurrentActorCritic(nn.Module):
         self.input_size = memory_input_dim(observation_space, action_space)
         self.observation_space, self.action_space = observation_space, action_space
         self.core = core
+        self.value_core = value_core
+        self._split = int(core.state_size)  # type: ignore[arg-type]
         self.discrete = isinstance(action_space, gymnasium.spaces.Discrete)
         width = action_input_dim(action_space)
         h = int(core.output_size)  # type: ignore[arg-type]
@@ -132,24 +145,31 @@ class RecurrentActorCritic(nn.Module):
             self.pi.bias.zero_()
         self.log_std = None if self.discrete else nn.Parameter(torch.full((width,), math.log(init_std)))
         self.time_scale = float(time_scale)
-        self.v = nn.Linear(h + (1 if self.time_scale > 0 else 0), 1)
+        h_v = h if value_core is None else int(value_core.output_size)  # type: ignore[arg-type]
+        self.v = nn.Linear(h_v + (1 if self.time_scale > 0 else 0), 1)
 
     def _device(self) -> torch.device:
         return self.v.weight.device
 
     def initial_state(self, batch: int) -> torch.Tensor:
         """The cleared memory of ``batch`` trials ``[batch, S]``."""
-        return self.core.initial_state(batch, self._device())  # type: ignore[operator]
+        state = self.core.initial_state(batch, self._device())  # type: ignore[operator]
+        if self.value_core is None:
+            return state
+        return torch.cat([state, self.value_core.initial_state(batch, self._device())], -1)  # type: ignore[operator]
 
-    def heads(self, out: torch.Tensor, time: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+    def heads(self, out: torch.Tensor, time: torch.Tensor,
+              value_out: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
         """Core outputs ``[..., H]`` and step indices ``[...]`` -> action distribution (batch shape ``[...]``)
-        and values ``[...]``."""
+        and values ``[...]``; the value head reads ``value_out`` (the value core's outputs) when given."""
         if self.log_std is None:
             dist = CategoricalMLPPolicy.make_distribution(self.pi(out))
         else:
             mean = self.pi(out)
             dist = GaussianMLPPolicy.make_distribution((mean, self.log_std.expand_as(mean)))
-        v_in = out if self.time_scale <= 0 else torch.cat([out, (time.to(out.dtype) / self.time_scale)[..., None]], -1)
+        v_in = out if value_out is None else value_out
+        if self.time_scale > 0:
+            v_in = torch.cat([v_in, (time.to(v_in.dtype) / self.time_scale)[..., None]], -1)
         values = self.v(v_in).squeeze(-1)
         if self.normalize_values:
             values = values * self.value_std.to(values.dtype) + self.value_mean.to(values.dtype)
@@ -176,19 +196,29 @@ class RecurrentActorCritic(nn.Module):
 
     def step(self, inputs: torch.Tensor, state: torch.Tensor,
              time: torch.Tensor) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
-        out, state = self.core.step(inputs, state)  # type: ignore[operator]
-        dist, values = self.heads(out, time)
-        return dist, values, state
+        if self.value_core is None:
+            out, state = self.core.step(inputs, state)  # type: ignore[operator]
+            dist, values = self.heads(out, time)
+            return dist, values, state
+        out, s_pi = self.core.step(inputs, state[..., :self._split])  # type: ignore[operator]
+        v_out, s_v = self.value_core.step(inputs, state[..., self._split:])  # type: ignore[operator]
+        dist, values = self.heads(out, time, v_out)
+        return dist, values, torch.cat([s_pi, s_v], -1)
 
     def evaluate(self, inputs: torch.Tensor, state: torch.Tensor,
                  time: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
         """Unroll ``inputs [T, B, D_in]`` from ``state [B, S]``: distribution ``[T, B]``, values ``[T, B]`` and
         the final state. ``time [T, B]``: step indices in the trial (default ``0 ... T - 1``)."""
-        out, final = self.core.unroll(inputs, state)  # type: ignore[operator]
         if time is None:
             time = torch.arange(inputs.shape[0], device=inputs.device)[:, None].expand(inputs.shape[:2])
-        dist, values = self.heads(out, time)
-        return dist, values, final
+        if self.value_core is None:
+            out, final = self.core.unroll(inputs, state)  # type: ignore[operator]
+            dist, values = self.heads(out, time)
+            return dist, values, final
+        out, f_pi = self.core.unroll(inputs, state[..., :self._split])  # type: ignore[operator]
+        v_out, f_v = self.value_core.unroll(inputs, state[..., self._split:])  # type: ignore[operator]
+        dist, values = self.heads(out, time, v_out)
+        return dist, values, torch.cat([f_pi, f_v], -1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -313,11 +343,15 @@ class TrialPPOConfig:
                                           "policy never sees it")
     normalize_values: bool = option(True, "value head and value loss in units of running statistics of the "
                                           "value targets (module docstring); false: raw returns")
+    value_core: str = option("shared", "shared: the value head reads the policy's memory core; separate: its own "
+                                       "core of the same kind and size (the RL² authors' code: a separate "
+                                       "recurrent baseline)")
     adapt_trials: int = option(1, "trials per task at evaluation when the caller gives none")
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "meta_batch_size", "trials_per_task", "episodes_per_trial", "ppo_epochs",
                          "minibatches", "adapt_trials")
+        require_choice(self, "value_core", VALUE_CORES)
         require(self.bptt_chunk >= 0, f"bptt_chunk must be >= 0 rows (0: whole trials), got {self.bptt_chunk}")
         require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
         require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
@@ -400,10 +434,12 @@ class TrialPPOLearner:
                              "(e.g. an env keyword such as horizon=...)")
         self.envs, self.config, self.seed, self.device = envs, config, seed, torch.device(device)
         torch.manual_seed(seed)
-        core = make_core(memory_input_dim(envs.observation_space, envs.action_space))
+        input_size = memory_input_dim(envs.observation_space, envs.action_space)
+        core = make_core(input_size)
+        value_core = make_core(input_size) if config.value_core == "separate" else None
         time_scale = float(config.episodes_per_trial * envs.horizon) if config.time_aware_value else 0.0
         self.model = RecurrentActorCritic(core, envs.observation_space, envs.action_space, config.init_std, time_scale,
-                                          config.normalize_values)
+                                          config.normalize_values, value_core)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.steps_done = 0

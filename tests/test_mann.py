@@ -230,3 +230,17 @@ def test_memory_agents_train_and_adapt_on_cuda(algo: str) -> None:
         result = learner.adapt_many(tasks, budget=1, seed=0, episodes_per_step=2)
         assert result.stage_returns.shape == (4, 2)
         assert next(learner.model.parameters()).device.type == "cuda"
+
+
+def test_a_separate_value_core_is_a_second_memory() -> None:
+    """value_core="separate" gives the value head its own controller and memory, cleared with the policy's."""
+    envs = TaskEnvs("metarl/TabularMDP-v0", {"horizon": 3})
+    agent = MANNAgent(envs, MANNConfig(meta_batch_size=2, controller_size=8, memory_slots=4, memory_width=3,
+                                       episodes_per_trial=2, value_core="separate"))
+    assert isinstance(agent.model.core, NTMCore) and isinstance(agent.model.value_core, NTMCore)
+    size = agent.model.core.state_size
+    state = agent.model.initial_state(2)
+    assert state.shape == (2, 2 * size)
+    torch.testing.assert_close(state[:, size:], agent.model.value_core.initial_state(2, "cpu"))
+    metrics = agent.meta_train_step(envs.sample_tasks(2, np.random.default_rng(0)))
+    assert np.isfinite(metrics["train/value_loss"])

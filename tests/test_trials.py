@@ -120,14 +120,18 @@ def test_trial_advantages_by_hand() -> None:
 
 
 @pytest.mark.parametrize("chunk", [0, 7])
-def test_update_recomputes_the_rollout_sequence(chunk: int) -> None:
+@pytest.mark.parametrize("separate_value", [False, True])
+def test_update_recomputes_the_rollout_sequence(chunk: int, separate_value: bool) -> None:
     """From the stored initial states the unroll reproduces the rollout's log-probs and values exactly
-    (whole trials or truncated-BPTT chunks), and the stored chunk states are the states of the sequence."""
+    (whole trials or truncated-BPTT chunks), and the stored chunk states are the states of the sequence;
+    with a separate value core too (its state rides in the same flat state)."""
     torch.manual_seed(0)
     envs = TaskEnvs("metarl/Navigation2D-v0", {"horizon": 12})
     tasks = envs.sample_tasks(3, np.random.default_rng(1))
-    model = RecurrentActorCritic(GRUCore(memory_input_dim(envs.observation_space, envs.action_space), 8),
-                                 envs.observation_space, envs.action_space)
+    d = memory_input_dim(envs.observation_space, envs.action_space)
+    model = RecurrentActorCritic(GRUCore(d, 8), envs.observation_space, envs.action_space,
+                                 value_core=GRUCore(d, 5) if separate_value else None)
+    assert model.initial_state(3).shape == (3, 13 if separate_value else 8)
     batch = collect_trials(envs.vector(3), model, tasks, 1, n_episodes=2, seed=0, horizon=12, chunk=chunk)
     t = batch.inputs.shape[0]
     assert batch.initial_states.shape[0] == (1 if chunk == 0 else -(-t // chunk))
@@ -214,3 +218,28 @@ def test_greedy_actions_take_the_mode():
 
     with pytest.raises(TypeError, match="NoMode does not define `mode`"):
         greedy_actions(NoMode(validate_args=False))
+
+
+def test_a_separate_value_core_keeps_the_value_loss_out_of_the_policy_core() -> None:
+    """value_core="separate": the values come from the value core alone (the policy core's weights get no
+    gradient from a value loss, and the policy's log-probs none from the value core); shared: both flow
+    through the one core."""
+    torch.manual_seed(0)
+    envs = TaskEnvs("metarl/TabularMDP-v0")
+    tasks = envs.sample_tasks(2, np.random.default_rng(0))
+    d = memory_input_dim(envs.observation_space, envs.action_space)
+    for separate in (True, False):
+        model = RecurrentActorCritic(GRUCore(d, 6), envs.observation_space, envs.action_space,
+                                     value_core=GRUCore(d, 4) if separate else None)
+        batch = collect_trials(envs.vector(2), model, tasks, 1, n_episodes=2, seed=0, horizon=envs.horizon)
+        dist, values, _ = model.evaluate(batch.inputs, batch.initial_states[0])
+        core_grad = torch.autograd.grad(values.square().sum(), list(model.core.parameters()), allow_unused=True)
+        assert all(g is None for g in core_grad) == separate
+        if separate:
+            assert model.value_core is not None
+            logp = dist.log_prob(batch.actions).sum()
+            v_grad = torch.autograd.grad(logp, list(model.value_core.parameters()), allow_unused=True)
+            assert all(g is None for g in v_grad)
+            _, values_again, _ = model.evaluate(batch.inputs, batch.initial_states[0])
+            assert all(g.abs().sum() > 0 for g in torch.autograd.grad(values_again.sum(),
+                                                                       list(model.value_core.parameters())))
