@@ -59,8 +59,8 @@ def _cell(ci: dict[str, Any] | None, signed: bool = False) -> str:
 
 def readme_table(d: dict[str, Any]) -> str:
     """The README table of ``rl2_tabular.json``: one row per (agent, n)."""
-    heading = ["### RL² on tabular MDPs (RL² Table 2; total reward of a 10-episode trial, 1000 "
-               "held-out MDPs; reduced run)", "",
+    heading = ["### RL² on tabular MDPs (RL² Table 2; total reward of an n-episode trial, 1000 "
+               "held-out MDPs; reduced runs)", "",
                f"`python benchmarks/rl2_tabular.py` ({machine_line(d)})", ""]
     lines = ["| n episodes | agent | trial total | greedy actions | episode 1 | last episode | posterior-mean greedy "
              "(same MDPs) | agent − greedy (paired) | PSRL | random (exact) | optimal, MDP known (exact) | paper RL² | "
