@@ -20,6 +20,7 @@ value heads on the core's output. Experience comes in trials (:mod:`metarl.trial
   log-probabilities and values exactly before the first gradient step (tested), and PPO's clipped
   surrogate (:func:`metarl.ppo.clipped_surrogate_loss`), value loss and entropy bonus are taken over
   the real steps: ``L = L_clip + c_V L_V - c_H H``.
+
 - **Shared or separate value memory** (``value_core``). ``shared``: the value head reads the policy's core,
   ``V(h_t)``. ``separate``: a second core of the same kind reads the same inputs and only the value head
   reads it, ``V(h^V_t)`` with ``h^V_t = core_V(x_0..x_t)``, as the RL² authors' code trains a separate
