@@ -195,16 +195,22 @@ class RecurrentActorCritic(nn.Module):
         self.value_var.copy_(m2 / total)
         self.value_count.copy_(total)
 
+    def _run_cores(self, method: str, inputs: torch.Tensor,
+                   state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The cores' ``step`` or ``unroll`` on ``inputs`` from ``state``: the policy core's outputs, the value
+        core's (``None`` when shared) and the new flat state ``[policy core's, value core's]``."""
+        if self.value_core is None:
+            out, new = getattr(self.core, method)(inputs, state)
+            return out, None, new
+        out, s_pi = getattr(self.core, method)(inputs, state[..., :self._split])
+        value_out, s_v = getattr(self.value_core, method)(inputs, state[..., self._split:])
+        return out, value_out, torch.cat([s_pi, s_v], -1)
+
     def step(self, inputs: torch.Tensor, state: torch.Tensor,
              time: torch.Tensor) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
-        if self.value_core is None:
-            out, state = self.core.step(inputs, state)  # type: ignore[operator]
-            dist, values = self.heads(out, time)
-            return dist, values, state
-        out, s_pi = self.core.step(inputs, state[..., :self._split])  # type: ignore[operator]
-        v_out, s_v = self.value_core.step(inputs, state[..., self._split:])  # type: ignore[operator]
-        dist, values = self.heads(out, time, v_out)
-        return dist, values, torch.cat([s_pi, s_v], -1)
+        out, value_out, state = self._run_cores("step", inputs, state)
+        dist, values = self.heads(out, time, value_out)
+        return dist, values, state
 
     def evaluate(self, inputs: torch.Tensor, state: torch.Tensor,
                  time: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
@@ -212,14 +218,9 @@ class RecurrentActorCritic(nn.Module):
         the final state. ``time [T, B]``: step indices in the trial (default ``0 ... T - 1``)."""
         if time is None:
             time = torch.arange(inputs.shape[0], device=inputs.device)[:, None].expand(inputs.shape[:2])
-        if self.value_core is None:
-            out, final = self.core.unroll(inputs, state)  # type: ignore[operator]
-            dist, values = self.heads(out, time)
-            return dist, values, final
-        out, f_pi = self.core.unroll(inputs, state[..., :self._split])  # type: ignore[operator]
-        v_out, f_v = self.value_core.unroll(inputs, state[..., self._split:])  # type: ignore[operator]
-        dist, values = self.heads(out, time, v_out)
-        return dist, values, torch.cat([f_pi, f_v], -1)
+        out, value_out, final = self._run_cores("unroll", inputs, state)
+        dist, values = self.heads(out, time, value_out)
+        return dist, values, final
 
 
 # ----------------------------------------------------------------------------------------------------------
