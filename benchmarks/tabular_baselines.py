@@ -9,11 +9,13 @@ state 0; a trial is ``n`` episodes of one MDP, score = total reward of the trial
   ``benchmarks/rl2_tabular.py`` tests RL^2 on), played through ``TabularMDPVectorEnv`` reset with env seed
   ``seed``, every strategy on the same MDPs.
 - Strategies (:mod:`metarl.tabular`; all but UCRL2 know the family's prior, as a meta-learner learns it):
-  random; greedy on the posterior-mean MDP; epsilon-greedy (``epsilon`` tuned); PSRL (one posterior sample per
-  episode); optimistic PSRL (max over ``k`` samples, ``k`` tuned); BEB (bonus ``beta / (1 + n(s, a))``,
-  ``beta`` tuned); UCRL2 (optimistic planning in confidence sets around the empirical MDP, no prior; the
-  radii's ``scale`` tuned). All re-plan once per episode (the episodic schedule); greedy and BEB are also run
-  re-planning before every step (columns "per-step plan"), which uses what the current episode has shown.
+  random; greedy on the posterior-mean MDP; myopic (the action of largest posterior-mean reward in the current
+  state, no planning over transitions: what a table of reward means alone earns); epsilon-greedy (``epsilon``
+  tuned); PSRL (one posterior sample per episode); optimistic PSRL (max over ``k`` samples, ``k`` tuned); BEB
+  (bonus ``beta / (1 + n(s, a))``, ``beta`` tuned); UCRL2 (optimistic planning in confidence sets around the
+  empirical MDP, no prior; the radii's ``scale`` tuned). All re-plan once per episode (the episodic schedule);
+  greedy and BEB are also run re-planning before every step (columns "per-step plan"), which uses what the
+  current episode has shown.
 - Tuning: 1000 *train* MDPs (seed ``seed + 1``, env seed ``seed + 1``), grids below, best mean total reward.
 - Exact references on the test MDPs (dynamic programming, :func:`metarl.tabular.episode_values`): the
   uniformly random policy and the optimal policy of each MDP *given* its parameters (an upper bound).
@@ -51,6 +53,7 @@ from metarl.tabular import (  # noqa: E402
     UCRL2,
     EpsilonGreedy,
     Greedy,
+    Myopic,
     OptimisticPSRL,
     RandomAction,
     TabularStrategy,
@@ -69,7 +72,8 @@ PAPER_RL2 = {10: 156.2, 25: 445.7, 50: 936.1, 100: 1913.7}
 PAPER_RANDOM = {10: 100.1, 100: 999.4}
 
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("random", "random"), ("greedy", "greedy"), ("epsilon_greedy", "ε-greedy (tuned ε)"), ("psrl", "PSRL"),
+    ("random", "random"), ("greedy", "greedy"), ("myopic", "myopic (no planning)"),
+    ("epsilon_greedy", "ε-greedy (tuned ε)"), ("psrl", "PSRL"),
     ("optimistic_psrl", "optimistic PSRL (tuned k)"), ("beb", "BEB (tuned β)"), ("ucrl2", "UCRL2 (tuned scale)"),
     ("greedy_step", "greedy, per-step plan"), ("beb_step", "BEB, per-step plan (tuned β)"),
 )
@@ -98,6 +102,7 @@ def run_setting(n: int, n_mdps: int, seed: int, grids: dict[str, tuple[Any, ...]
     strategies: dict[str, tuple[TabularStrategy, dict[str, Any]]] = {
         "random": (RandomAction(), {}),
         "greedy": (Greedy(), {"replan": "episode"}),
+        "myopic": (Myopic(), {"replan": "episode"}),
         "epsilon_greedy": (EpsilonGreedy(epsilon=eps), {"epsilon": eps, "tuned_on_train": eps_scores}),
         "psrl": (PSRL(), {"replan": "episode"}),
         "optimistic_psrl": (OptimisticPSRL(samples=k), {"samples": k, "tuned_on_train": k_scores}),

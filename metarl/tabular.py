@@ -31,6 +31,10 @@ uniformly at random (:func:`metarl.bandits.argmax_random_ties`):
 
 - :class:`RandomAction`: a uniformly random action at every step.
 - :class:`Greedy`: plans on the posterior-mean MDP (certainty equivalence; no exploration beyond ties).
+- :class:`Myopic`: no planning at all: in state ``s`` the action of largest posterior-mean reward
+  ``E[mu(s, a) | data]`` (a one-step lookahead; an untried action is worth the prior mean). It needs only a
+  table of per-``(s, a)`` reward means, the memory a recurrent policy can hold without modelling
+  transitions, so it measures how much of a score planning over transitions earns.
 - :class:`EpsilonGreedy`: :class:`Greedy`, but at each step a uniformly random action with probability
   ``epsilon``.
 - :class:`PSRL`, posterior sampling (Strens, 2000; Osband, Russo & Van Roy, 2013): plans on *one* MDP
@@ -76,8 +80,8 @@ from metarl.bandits import argmax_random_ties
 from metarl.envs.tabular_mdp import TabularMDPVectorEnv
 
 __all__ = ["TabularPrior", "Posterior", "plan", "episode_values", "TabularStrategy", "RandomAction", "Greedy",
-           "EpsilonGreedy", "PSRL", "OptimisticPSRL", "BEB", "UCRL2", "optimistic_transitions", "TabularTrialResult",
-           "play_trials"]
+           "Myopic", "EpsilonGreedy", "PSRL", "OptimisticPSRL", "BEB", "UCRL2", "optimistic_transitions",
+           "TabularTrialResult", "play_trials"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -253,6 +257,14 @@ class Greedy(TabularStrategy):
 
     def q_values(self) -> FloatArray:
         return plan(self.posterior.mean_rewards(), self.posterior.mean_transitions(), self.horizon)
+
+
+class Myopic(TabularStrategy):
+    """Act on the posterior-mean reward of the current state's actions alone (no transition model)."""
+
+    def q_values(self) -> FloatArray:
+        mu = self.posterior.mean_rewards()
+        return np.broadcast_to(mu, (self.horizon, *mu.shape))
 
 
 class EpsilonGreedy(Greedy):

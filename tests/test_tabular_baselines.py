@@ -20,6 +20,7 @@ from metarl.tabular import (
     UCRL2,
     EpsilonGreedy,
     Greedy,
+    Myopic,
     OptimisticPSRL,
     Posterior,
     RandomAction,
@@ -122,9 +123,9 @@ def test_posterior_samples_follow_the_posterior():
     np.testing.assert_allclose(rows.var(axis=0), expected_var, rtol=0.05)
 
 
-def concentrated(mu: np.ndarray, p: np.ndarray, visits: float = 1e9) -> Greedy:
-    """A greedy strategy whose posterior has seen ``visits`` exact steps of every pair of the MDP."""
-    strategy = Greedy()
+def concentrated(mu: np.ndarray, p: np.ndarray, visits: float = 1e9, strategy: Greedy | Myopic | None = None):
+    """A strategy (default greedy) whose posterior has seen ``visits`` exact steps of every pair of the MDP."""
+    strategy = strategy or Greedy()
     strategy.reset(1, *mu.shape, horizon=3, rng=np.random.default_rng(0))
     post = strategy.posterior
     post.visits[0] = visits
@@ -136,6 +137,20 @@ def concentrated(mu: np.ndarray, p: np.ndarray, visits: float = 1e9) -> Greedy:
 def test_greedy_on_a_certain_posterior_plans_the_true_mdp():
     mu, p = tiny_mdp()
     np.testing.assert_allclose(concentrated(mu, p).q_values()[:, 0], plan(mu, p, 3), atol=1e-6)
+
+
+def test_myopic_takes_the_best_immediate_reward_and_greedy_plans_past_it():
+    mu, p = tiny_mdp()
+    myopic = concentrated(mu, p, strategy=Myopic()).q_values()[:, 0]
+    # Every step values (s, a) by its mean reward alone: backward induction with a horizon of one step.
+    np.testing.assert_allclose(myopic, np.broadcast_to(plan(mu, p, 1)[0], (3, 2, 2)), atol=1e-6)
+    assert myopic[0, 0].argmax() == 0  # 1.0 now in state 0 ...
+    assert concentrated(mu, p).q_values()[0, 0, 0].argmax() == 1  # ... but 0.2 leads to the rich state 1
+    # An untried pair is worth the prior mean; a visited one the conjugate posterior mean.
+    fresh = Myopic()
+    fresh.reset(1, 2, 2, horizon=3, rng=np.random.default_rng(0))
+    fresh.observe(np.array([0]), np.array([1]), np.array([3.0]), np.array([1]))
+    np.testing.assert_allclose(fresh.q_values()[0, 0], [[1.0, (1.0 + 3.0) / 2], [1.0, 1.0]])
 
 
 def test_strategy_equalities():
