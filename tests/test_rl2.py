@@ -226,6 +226,7 @@ def test_rl2_learns_a_small_bandit() -> None:
     ("rl2_bandits.py", ["--n", "10", "--k", "3"]),
     ("rl2_bandits.py", ["--agent", "mann", "--n", "10", "--k", "3", "--set", "controller_size=8"]),
     ("rl2_tabular.py", ["--n", "2"]),
+    ("rl2_tabular_imitation.py", ["--n", "2"]),
     ("rl2_trials.py", ["--env", "navigation"]),
     ("recurrent_ppo_bandits.py", ["--n", "10", "--k", "3", "--envs", "2", "--lstm", "8"]),
 ])
@@ -245,6 +246,34 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
         assert entry["result_greedy"]["n"] == entry["classical"]["greedy"]["n"] == entry["classical"]["psrl"]["n"]
         paired = entry["result"]["mean"] - entry["classical"]["greedy"]["mean"]
         assert entry["minus_greedy"]["mean"] == pytest.approx(paired)
+
+
+def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() -> None:
+    """The imitation benchmark's expert, reading only RL²'s inputs, takes at every step an action of largest
+    posterior-mean reward in the current state, the posterior recomputed from the trial's recorded steps."""
+    import sys
+
+    from metarl.envs.tabular_mdp import TabularMDPEnv
+    from metarl.tabular import Posterior, TabularPrior
+    from metarl.trials import collect_trials
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rl2_tabular_imitation import MyopicExpert
+
+    envs = TaskEnvs("metarl/TabularMDP-v0", {"n_states": 4, "n_actions": 3, "horizon": 5})
+    tasks = TabularMDPEnv(n_states=4, n_actions=3).sample_tasks(6, np.random.default_rng(0))
+    torch.manual_seed(0)
+    batch = collect_trials(envs.vector(6), MyopicExpert(4, 3), tasks, 1, 3, seed=0, horizon=5)
+    assert bool(batch.complete.all()) and batch.num_steps == 6 * 3 * 5
+    states = batch.inputs[..., :4].argmax(-1).numpy()  # [T, B]
+    posterior = Posterior(TabularPrior(), 6, 4, 3)
+    rows = np.arange(6)
+    for t in range(batch.inputs.shape[0]):
+        q = posterior.mean_rewards()[rows, states[t]]  # [B, A]
+        chosen = q[rows, batch.actions[t].numpy()]
+        np.testing.assert_allclose(chosen, q.max(axis=1), rtol=0, atol=1e-6)
+        next_states = states[t + 1] if t + 1 < len(states) else states[t]  # not used by the reward means
+        posterior.update(states[t], batch.actions[t].numpy(), batch.rewards[t].double().numpy(), next_states)
 
 
 def test_running_value_statistics_are_the_statistics_of_every_target_seen() -> None:

@@ -1,0 +1,169 @@
+"""Can RL²'s policy class play the tabular MDPs well? Behaviour cloning of the myopic strategy into it.
+
+RL² meta-trained with PPO stays far below the classical strategies on the RL² tabular MDPs (121.3 at
+n = 10 against 155.3 for greedy planning; ``benchmarks/rl2_tabular.py``), and the myopic strategy, which
+only keeps the posterior-mean reward of every (state, action) pair (``benchmarks/tabular_baselines.py``:
+154.8), shows that no planning is needed for those scores. This script asks whether the GRU policy can
+*represent* such a strategy at all, separating what the architecture can hold from what PPO finds:
+
+1. An exact expert in RL²'s own input format, :class:`MyopicExpert`: a :class:`metarl.trials.MemoryModel`
+   whose state is the trial's visit counts and reward sums per (state, action); from the memory inputs
+   ``x_t = [s_t, a_{t-1}, r_{t-1}, d_{t-1}]`` it updates the pair ``(s_{t-1}, a_{t-1})`` with ``r_{t-1}`` and takes
+   the action of largest posterior-mean reward ``(1 + R(s, a)) / (1 + n(s, a))`` in ``s_t`` (the family's
+   prior ``mu ~ N(1, 1)``, unit noise; ties uniformly at random). It re-plans every step, so it uses what the
+   current episode has shown.
+2. Its trials on *train* MDPs, collected by :func:`metarl.trials.collect_trials` (the rollout RL² trains on),
+   give inputs and expert actions; an RL² agent of the headline size (GRU 256) is trained by cross-entropy
+   on them (its value head is not used), fresh trials every update (DAgger is not needed to measure
+   capacity: the expert's own state distribution is what a perfect imitator would see).
+3. The cloned policy plays one trial on each of the 1000 *test* MDPs of ``rl2_tabular.py`` through
+   :meth:`~metarl.recurrent.TrialPPOLearner.adapt_many`, with sampled and with most likely actions.
+
+Run: ``python benchmarks/rl2_tabular_imitation.py`` (about 15 minutes on one core) or ``--quick``
+(a few updates, 20 test MDPs, temporary file). Results: ``benchmarks/results/rl2_tabular_imitation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributions import Categorical, Distribution
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adaptation_common import machine_line  # noqa: E402
+
+from metarl.cli import build_learner  # noqa: E402
+from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
+from metarl.provenance import write_results  # noqa: E402
+from metarl.stats import mean_ci95  # noqa: E402
+from metarl.trials import collect_trials  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular_imitation.json"
+
+
+class MyopicExpert:
+    """The myopic strategy as a memory model over RL²'s inputs; state ``[B, 2 S A + S]``: visit counts and
+    reward sums of every (state, action) pair, and the one-hot of the previous step's state."""
+
+    def __init__(self, n_states: int, n_actions: int) -> None:
+        self.s, self.a = n_states, n_actions
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, 2 * self.s * self.a + self.s)
+
+    def step(self, inputs: torch.Tensor, state: torch.Tensor,
+             time: torch.Tensor) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
+        s, a = self.s, self.a
+        obs, prev_action, prev_reward = inputs[:, :s], inputs[:, s:s + a], inputs[:, s + a]
+        counts, sums, prev_obs = state[:, :s * a], state[:, s * a:2 * s * a], state[:, 2 * s * a:]
+        # The pair of the previous step is prev_obs x prev_action (all zero at the start of a trial).
+        pair = (prev_obs[:, :, None] * prev_action[:, None, :]).flatten(1)
+        counts, sums = counts + pair, sums + pair * prev_reward[:, None]
+        q = ((1.0 + sums) / (1.0 + counts)).reshape(-1, s, a)
+        q_here = (q * obs[:, :, None]).sum(1)  # [B, A], the current state's row
+        best = q_here >= q_here.max(dim=1, keepdim=True).values - 1e-9
+        logits = torch.where(best, 0.0, -torch.inf)
+        return Categorical(logits=logits), torch.zeros(inputs.shape[0]), torch.cat([counts, sums, obs], dim=1)
+
+
+def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, lr: float,
+          seed: int) -> list[dict[str, float]]:
+    """Cross-entropy of the learner's policy on fresh expert trials of train MDPs, ``updates`` Adam steps."""
+    expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
+    optimizer = torch.optim.Adam(learner.model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed + 1)
+    curve = []
+    venv = envs.vector(trials)
+    for update in range(updates):
+        tasks = envs.env.unwrapped.sample_tasks(trials, rng, split="train")
+        with torch.no_grad():
+            batch = collect_trials(venv, expert, tasks, 1, n_episodes, seed=seed * 100_003 + update,
+                                   horizon=envs.horizon)
+        dist, _, _ = learner.model.evaluate(batch.inputs, learner.model.initial_state(trials))
+        m = batch.mask
+        loss = -(dist.log_prob(batch.actions) * m).sum() / m.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(learner.model.parameters(), 1.0)
+        optimizer.step()
+        agree = ((dist.probs.argmax(-1) == batch.actions).float() * m).sum() / m.sum()
+        curve.append({"update": update + 1, "loss": float(loss), "agreement": float(agree),
+                      "expert_return": float(batch.trial_returns.mean())})
+        if (update + 1) % max(updates // 20, 1) == 0:
+            print(f"update {update + 1}/{updates}: cross-entropy {float(loss):.3f}, argmax agrees with the expert "
+                  f"on {float(agree):.1%} of steps", file=sys.stderr, flush=True)
+    return curve
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10, help="episodes per trial")
+    parser.add_argument("--updates", type=int, default=1500, help="behaviour-cloning updates")
+    parser.add_argument("--trials", type=int, default=64, help="expert trials per update")
+    parser.add_argument("--hidden-size", type=int, default=256, help="GRU units (the headline RL² run's)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a few updates, 20 test MDPs, temporary file")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    updates, n_test = (3, 20) if args.quick else (args.updates, 1000)
+    out = args.out or (Path(tempfile.mkdtemp()) / "rl2_tabular_imitation.json" if args.quick else RESULTS)
+    t0 = time.perf_counter()
+    config = {"episodes_per_trial": args.n, "hidden_size": 8 if args.quick else args.hidden_size}
+    learner, envs = build_learner("rl2", "metarl/TabularMDP-v0", {}, config, args.seed, "cpu")
+    curve = clone(learner, envs, updates, args.trials, args.n, args.lr, args.seed)
+    train_s = time.perf_counter() - t0
+    tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
+    torch.manual_seed(0)
+    sampled = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1).stage_returns.sum(1)
+    greedy = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1, greedy=True).stage_returns.sum(1)
+    expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
+    batch = collect_trials(envs.vector(n_test), expert, tasks, 1, args.n, seed=0, horizon=envs.horizon)
+    expert_total = batch.trial_returns.numpy().astype(np.float64)
+    entry = {
+        "n_episodes": args.n, "config": config, "updates": updates, "trials_per_update": args.trials, "lr": args.lr,
+        "train_wall_time_s": train_s, "quick": args.quick,
+        "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},
+        "cloned_sampled": mean_ci95(sampled).to_dict(), "cloned_greedy": mean_ci95(greedy).to_dict(),
+        "expert": mean_ci95(expert_total).to_dict(),
+        "cloned_greedy_minus_expert": mean_ci95(greedy - expert_total).to_dict(),
+        "final_agreement": float(np.mean([row["agreement"] for row in curve[-20:]])),
+        "curve": curve[:: max(len(curve) // 100, 1)],
+        "command": "python benchmarks/rl2_tabular_imitation.py" + (" --quick" if args.quick else ""),
+    }
+    path = write_results(out, {"benchmark": "rl2_tabular_imitation", "entries": {f"rl2_n{args.n}": entry}},
+                         wall_time_s=time.perf_counter() - t0)
+    print(readme_table(json.loads(path.read_text())))
+    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return entry
+
+
+def readme_table(d: dict[str, Any]) -> str:
+    """The README table of ``rl2_tabular_imitation.json``."""
+    def cell(ci: dict[str, Any]) -> str:
+        return f"{ci['mean']:.1f} ± {ci['ci95']:.1f}"
+
+    lines = ["### RL²'s GRU policy cloned from the myopic strategy (tabular MDPs; total reward of a trial, "
+             "held-out MDPs)", "", f"`python benchmarks/rl2_tabular_imitation.py` ({machine_line(d)})", "",
+             "| n episodes | GRU units | cloned, sampled actions | cloned, most likely actions | expert (myopic, "
+             "per-step) | cloned − expert (paired) | argmax agreement (train) | updates x trials | training |",
+             "|" + " --- |" * 9]
+    for e in d["entries"].values():
+        lines.append(f"| {e['n_episodes']} | {e['config']['hidden_size']} | {cell(e['cloned_sampled'])} | "
+                     f"{cell(e['cloned_greedy'])} | {cell(e['expert'])} | {cell(e['cloned_greedy_minus_expert'])} | "
+                     f"{e['final_agreement']:.1%} | {e['updates']} x {e['trials_per_update']} | "
+                     f"{e['train_wall_time_s'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
