@@ -44,7 +44,7 @@ from metarl.cli import build_learner  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
 from metarl.provenance import write_results  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
-from metarl.trials import collect_trials  # noqa: E402
+from metarl.trials import TrialBatch, collect_trials  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular_imitation.json"
 
@@ -74,6 +74,20 @@ class MyopicExpert:
         return Categorical(logits=logits), torch.zeros(inputs.shape[0]), torch.cat([counts, sums, obs], dim=1)
 
 
+def expert_floor(expert: MyopicExpert, batch: TrialBatch) -> dict[str, float]:
+    """On the expert's own trials: its mean action entropy (the cross-entropy a perfect imitator reaches, the
+    expert breaking ties at random) and the argmax agreement a perfect imitator expects (1 / number of tied
+    best actions)."""
+    state = expert.initial_state(batch.inputs.shape[1])
+    entropy, agreement = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
+    for t in range(batch.inputs.shape[0]):
+        dist, _, state = expert.step(batch.inputs[t], state, torch.zeros(()))
+        entropy[t] = dist.entropy()
+        agreement[t] = 1.0 / (dist.probs > 0).sum(-1)
+    m = batch.mask
+    return {"entropy": float((entropy * m).sum() / m.sum()), "agreement": float((agreement * m).sum() / m.sum())}
+
+
 def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, lr: float,
           seed: int) -> list[dict[str, float]]:
     """Cross-entropy of the learner's policy on fresh expert trials of train MDPs, ``updates`` Adam steps."""
@@ -95,11 +109,11 @@ def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, l
         torch.nn.utils.clip_grad_norm_(learner.model.parameters(), 1.0)
         optimizer.step()
         agree = ((dist.probs.argmax(-1) == batch.actions).float() * m).sum() / m.sum()
-        curve.append({"update": update + 1, "loss": float(loss), "agreement": float(agree),
+        curve.append({"update": update + 1, "loss": loss.item(), "agreement": agree.item(),
                       "expert_return": float(batch.trial_returns.mean())})
         if (update + 1) % max(updates // 20, 1) == 0:
-            print(f"update {update + 1}/{updates}: cross-entropy {float(loss):.3f}, argmax agrees with the expert "
-                  f"on {float(agree):.1%} of steps", file=sys.stderr, flush=True)
+            print(f"update {update + 1}/{updates}: cross-entropy {loss.item():.3f}, argmax agrees with the expert "
+                  f"on {agree.item():.1%} of steps", file=sys.stderr, flush=True)
     return curve
 
 
@@ -129,6 +143,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
     batch = collect_trials(envs.vector(n_test), expert, tasks, 1, args.n, seed=0, horizon=envs.horizon)
     expert_total = batch.trial_returns.numpy().astype(np.float64)
+    with torch.no_grad():  # the cloned policy on the expert's test trials, teacher-forced
+        dist, _, _ = learner.model.evaluate(batch.inputs, learner.model.initial_state(n_test))
+        m = batch.mask
+        test_ce = float(-(dist.log_prob(batch.actions) * m).sum() / m.sum())
+        test_agree = float(((dist.probs.argmax(-1) == batch.actions).float() * m).sum() / m.sum())
     entry = {
         "n_episodes": args.n, "config": config, "updates": updates, "trials_per_update": args.trials, "lr": args.lr,
         "train_wall_time_s": train_s, "quick": args.quick,
@@ -137,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "expert": mean_ci95(expert_total).to_dict(),
         "cloned_greedy_minus_expert": mean_ci95(greedy - expert_total).to_dict(),
         "final_agreement": float(np.mean([row["agreement"] for row in curve[-20:]])),
+        "final_cross_entropy": float(np.mean([row["loss"] for row in curve[-20:]])),
+        "test_expert_trials": {"cross_entropy": test_ce, "agreement": test_agree,
+                               "perfect_imitator": expert_floor(expert, batch)},
         "curve": curve[:: max(len(curve) // 100, 1)],
         "command": "python benchmarks/rl2_tabular_imitation.py" + (" --quick" if args.quick else ""),
     }
@@ -155,12 +177,16 @@ def readme_table(d: dict[str, Any]) -> str:
     lines = ["### RL²'s GRU policy cloned from the myopic strategy (tabular MDPs; total reward of a trial, "
              "held-out MDPs)", "", f"`python benchmarks/rl2_tabular_imitation.py` ({machine_line(d)})", "",
              "| n episodes | GRU units | cloned, sampled actions | cloned, most likely actions | expert (myopic, "
-             "per-step) | cloned − expert (paired) | argmax agreement (train) | updates x trials | training |",
-             "|" + " --- |" * 9]
+             "per-step) | cloned − expert (paired) | cross-entropy / agreement on the expert's test trials | same, "
+             "perfect imitator | updates x trials | training |",
+             "|" + " --- |" * 10]
     for e in d["entries"].values():
+        x = e["test_expert_trials"]
+        p = x["perfect_imitator"]
         lines.append(f"| {e['n_episodes']} | {e['config']['hidden_size']} | {cell(e['cloned_sampled'])} | "
                      f"{cell(e['cloned_greedy'])} | {cell(e['expert'])} | {cell(e['cloned_greedy_minus_expert'])} | "
-                     f"{e['final_agreement']:.1%} | {e['updates']} x {e['trials_per_update']} | "
+                     f"{x['cross_entropy']:.2f} / {x['agreement']:.1%} | {p['entropy']:.2f} / {p['agreement']:.1%} | "
+                     f"{e['updates']} x {e['trials_per_update']} | "
                      f"{e['train_wall_time_s'] / 60:.0f} min |")
     return "\n".join(lines)
 
