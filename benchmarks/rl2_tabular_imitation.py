@@ -19,7 +19,7 @@ only keeps the posterior-mean reward of every (state, action) pair (``benchmarks
 3. The cloned policy plays one trial on each of the 1000 *test* MDPs of ``rl2_tabular.py`` through
    :meth:`~metarl.recurrent.TrialPPOLearner.adapt_many`, with sampled and with most likely actions.
 
-Run: ``python benchmarks/rl2_tabular_imitation.py`` (about 15 minutes on one core) or ``--quick``
+Run: ``python benchmarks/rl2_tabular_imitation.py`` (17-20 minutes on one core) or ``--quick``
 (a few updates, 20 test MDPs, temporary file). Results: ``benchmarks/results/rl2_tabular_imitation.json``.
 """
 
@@ -120,7 +120,7 @@ def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, l
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10, help="episodes per trial")
-    parser.add_argument("--updates", type=int, default=1500, help="behaviour-cloning updates")
+    parser.add_argument("--updates", type=int, default=4000, help="behaviour-cloning updates")
     parser.add_argument("--trials", type=int, default=64, help="expert trials per update")
     parser.add_argument("--hidden-size", type=int, default=256, help="GRU units (the headline RL² run's)")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_expert_trials": {"cross_entropy": test_ce, "agreement": test_agree,
                                "perfect_imitator": expert_floor(expert, batch)},
         "curve": curve[:: max(len(curve) // 100, 1)],
-        "command": "python benchmarks/rl2_tabular_imitation.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/rl2_tabular_imitation.py", *(sys.argv[1:] if argv is None else argv)]),
     }
     path = write_results(out, {"benchmark": "rl2_tabular_imitation", "entries": {f"rl2_n{args.n}": entry}},
                          wall_time_s=time.perf_counter() - t0)

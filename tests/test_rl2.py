@@ -272,8 +272,8 @@ def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() 
         q = posterior.mean_rewards()[rows, states[t]]  # [B, A]
         chosen = q[rows, batch.actions[t].numpy()]
         np.testing.assert_allclose(chosen, q.max(axis=1), rtol=0, atol=1e-6)
-        next_states = states[t + 1] if t + 1 < len(states) else states[t]  # not used by the reward means
-        posterior.update(states[t], batch.actions[t].numpy(), batch.rewards[t].double().numpy(), next_states)
+        no_transitions = np.zeros(6, dtype=np.int64)  # the reward means do not read the next states
+        posterior.update(states[t], batch.actions[t].numpy(), batch.rewards[t].double().numpy(), no_transitions)
 
 
 def test_running_value_statistics_are_the_statistics_of_every_target_seen() -> None:
