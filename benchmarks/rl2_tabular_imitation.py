@@ -44,6 +44,7 @@ from metarl.cli import build_learner  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
 from metarl.provenance import write_results  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
+from metarl.tabular import TabularPrior  # noqa: E402
 from metarl.trials import TrialBatch, collect_trials  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular_imitation.json"
@@ -53,8 +54,8 @@ class MyopicExpert:
     """The myopic strategy as a memory model over RL²'s inputs; state ``[B, 2 S A + S]``: visit counts and
     reward sums of every (state, action) pair, and the one-hot of the previous step's state."""
 
-    def __init__(self, n_states: int, n_actions: int) -> None:
-        self.s, self.a = n_states, n_actions
+    def __init__(self, n_states: int, n_actions: int, prior: TabularPrior | None = None) -> None:
+        self.s, self.a, self.prior = n_states, n_actions, prior or TabularPrior()
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, 2 * self.s * self.a + self.s)
@@ -67,7 +68,9 @@ class MyopicExpert:
         # The pair of the previous step is prev_obs x prev_action (all zero at the start of a trial).
         pair = (prev_obs[:, :, None] * prev_action[:, None, :]).flatten(1)
         counts, sums = counts + pair, sums + pair * prev_reward[:, None]
-        q = ((1.0 + sums) / (1.0 + counts)).reshape(-1, s, a)
+        p = self.prior  # the conjugate posterior mean of metarl.tabular.Posterior.mean_rewards
+        q = ((p.reward_precision * p.reward_mean + p.noise_precision * sums)
+             / (p.reward_precision + p.noise_precision * counts)).reshape(-1, s, a)
         q_here = (q * obs[:, :, None]).sum(1)  # [B, A], the current state's row
         best = q_here >= q_here.max(dim=1, keepdim=True).values - 1e-9
         logits = torch.where(best, 0.0, -torch.inf)
@@ -88,6 +91,15 @@ def expert_floor(expert: MyopicExpert, batch: TrialBatch) -> dict[str, float]:
     return {"entropy": float((entropy * m).sum() / m.sum()), "agreement": float((agreement * m).sum() / m.sum())}
 
 
+def imitation_scores(dist: Distribution, batch: TrialBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's cross-entropy on the expert's actions and how often its argmax is the expert's action, over
+    the real steps of ``batch``."""
+    m = batch.mask
+    cross_entropy = -(dist.log_prob(batch.actions) * m).sum() / m.sum()
+    agreement = ((dist.probs.argmax(-1) == batch.actions).float() * m).sum() / m.sum()  # type: ignore[attr-defined]
+    return cross_entropy, agreement
+
+
 def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, lr: float,
           seed: int) -> list[dict[str, float]]:
     """Cross-entropy of the learner's policy on fresh expert trials of train MDPs, ``updates`` Adam steps."""
@@ -102,13 +114,11 @@ def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, l
             batch = collect_trials(venv, expert, tasks, 1, n_episodes, seed=seed * 100_003 + update,
                                    horizon=envs.horizon)
         dist, _, _ = learner.model.evaluate(batch.inputs, learner.model.initial_state(trials))
-        m = batch.mask
-        loss = -(dist.log_prob(batch.actions) * m).sum() / m.sum()
+        loss, agree = imitation_scores(dist, batch)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(learner.model.parameters(), 1.0)
         optimizer.step()
-        agree = ((dist.probs.argmax(-1) == batch.actions).float() * m).sum() / m.sum()
         curve.append({"update": update + 1, "loss": loss.item(), "agreement": agree.item(),
                       "expert_return": float(batch.trial_returns.mean())})
         if (update + 1) % max(updates // 20, 1) == 0:
@@ -145,9 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     expert_total = batch.trial_returns.numpy().astype(np.float64)
     with torch.no_grad():  # the cloned policy on the expert's test trials, teacher-forced
         dist, _, _ = learner.model.evaluate(batch.inputs, learner.model.initial_state(n_test))
-        m = batch.mask
-        test_ce = float(-(dist.log_prob(batch.actions) * m).sum() / m.sum())
-        test_agree = float(((dist.probs.argmax(-1) == batch.actions).float() * m).sum() / m.sum())
+        test_ce, test_agree = (float(x) for x in imitation_scores(dist, batch))
     entry = {
         "n_episodes": args.n, "config": config, "updates": updates, "trials_per_update": args.trials, "lr": args.lr,
         "train_wall_time_s": train_s, "quick": args.quick,
