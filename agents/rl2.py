@@ -28,6 +28,9 @@ Choices where codebases differ, and ours:
   TRPO; the paper's hyperparameters kept where they carry over: gamma = 0.99, GAE lambda = 0.3 on
   bandits (sec. 4.1 / appendix), one GRU layer.
 - GRU size: the paper uses 256 units; ``hidden_size`` is configurable (the benchmarks record what they use).
+- Memory core: ``core="gru"`` (default) is the paper's. ``core="attention"`` swaps the GRU for causal
+  self-attention over the trial's steps (:mod:`metarl.attention`; SNAIL / TrMRL-style), everything else
+  unchanged: ``h_t = Attention(x_0 .. x_t)`` in place of ``GRU(x_t, h_{t-1})``.
 - Value function: ``value_core="shared"`` (default) puts the linear value head on the policy's GRU (one
   core, two heads); ``"separate"`` gives the value head a GRU of its own that reads the same inputs, as
   the RL² authors' code does (a separate recurrent baseline network in their rllab sandbox).
@@ -47,18 +50,33 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metarl.config import option, require
+from metarl.attention import AttentionCore
+from metarl.config import option, require, require_at_least, require_choice
 from metarl.recurrent import TrialPPOConfig, TrialPPOLearner
 from metarl.rollout import TaskEnvs
+
+CORES = ("gru", "attention")
 
 
 @dataclass(frozen=True)
 class RL2Config(TrialPPOConfig):
-    hidden_size: int = option(128, "GRU units (RL² paper: 256)")
+    hidden_size: int = option(128, "GRU units (RL² paper: 256); the attention core's width d")
+    core: str = option("gru", "gru: the paper's GRU; attention: causal self-attention over the trial's steps "
+                              "(metarl.attention)")
+    attention_layers: int = option(2, "attention core: transformer blocks L")
+    attention_heads: int = option(4, "attention core: heads per block (hidden_size must be a multiple)")
+    attention_context: int = option(0, "attention core: steps W each step attends back to (0: the training "
+                                       "trial's length, episodes_per_trial x the env's horizon)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.hidden_size >= 1, f"hidden_size must be >= 1 GRU unit, got {self.hidden_size}")
+        require_choice(self, "core", CORES)
+        require_at_least(self, 1, "attention_layers", "attention_heads")
+        require_at_least(self, 0, "attention_context")
+        require(self.core != "attention" or self.hidden_size % self.attention_heads == 0,
+                f"hidden_size ({self.hidden_size}) must be a multiple of attention_heads ({self.attention_heads}) "
+                "for the attention core; change one of them")
 
 
 class GRUCore(nn.Module):
@@ -90,7 +108,15 @@ class RL2Agent(TrialPPOLearner):
     """RL²: a GRU policy whose hidden state carries what it learned about the task through a trial."""
 
     def __init__(self, envs: TaskEnvs, config: RL2Config, seed: int = 0, device: torch.device | str = "cpu") -> None:
-        super().__init__(envs, config, lambda d: GRUCore(d, config.hidden_size), seed, device)
+        context = config.attention_context or config.episodes_per_trial * envs.horizon
+
+        def make_core(input_size: int) -> nn.Module:
+            if config.core == "attention":
+                return AttentionCore(input_size, config.hidden_size, config.attention_layers, config.attention_heads,
+                                     context)
+            return GRUCore(input_size, config.hidden_size)
+
+        super().__init__(envs, config, make_core, seed, device)
 
 
 __all__ = ["GRUCore", "RL2Agent", "RL2Config"]

@@ -186,6 +186,17 @@ def readme_table(d: dict[str, Any]) -> str:
     return "\n".join([*heading, *lines])
 
 
+def entry_name(agent: str, config: dict[str, Any]) -> str:
+    """The results-file name of an agent: ``rl2``, ``mann``, or ``rl2_attention`` for RL² with the attention core."""
+    return f"{agent}_{config['core']}" if config.get("core", "gru") != "gru" else agent
+
+
+def agent_label(entry: dict[str, Any]) -> str:
+    """The README's name of an entry's agent: ``RL2``, ``MANN``, ``RL2 (attention)``."""
+    core = entry.get("config", {}).get("core", "gru")
+    return entry["agent"].upper() + (f" ({core})" if core != "gru" else "")
+
+
 def merge_entry(path: Path, key: str, entry: dict[str, Any], setup: dict[str, Any], wall: float) -> dict[str, Any]:
     """Add ``entry`` under ``key`` to the results file (other entries are kept) and write it."""
     old = json.loads(path.read_text()) if path.exists() else {}

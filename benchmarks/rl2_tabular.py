@@ -32,7 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import (  # noqa: E402
+    agent_label,
     compact_curve,
+    entry_name,
     memory_agent_parser,
     merge_entry,
     plot_training,
@@ -66,11 +68,11 @@ def readme_table(d: dict[str, Any]) -> str:
              "(same MDPs) | agent − greedy (paired) | PSRL | random (exact) | optimal, MDP known (exact) | paper RL² | "
              "iterations, env steps | train time |",
              "|" + " --- |" * 14]
-    for e in sorted(d["entries"].values(), key=lambda e: (e["n_episodes"], e["agent"])):
+    for e in sorted(d["entries"].values(), key=lambda e: (e["n_episodes"], agent_label(e))):
         r, eps = e["result"], e["per_episode"]
         classical = e.get("classical", {})  # entries made before the greedy actions and classical columns: none
         lines.append(
-            f"| {e['n_episodes']} | {e['agent'].upper()} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
+            f"| {e['n_episodes']} | {agent_label(e)} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
             f"{_cell(e.get('result_greedy'))} | "
             f"{eps[0]['mean']:.2f} ± {eps[0]['ci95']:.2f} | {eps[-1]['mean']:.2f} ± {eps[-1]['ci95']:.2f} | "
             f"{_cell(classical.get('greedy'))} | {_cell(e.get('minus_greedy'), signed=True)} | "
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     setup = {"source": "RL² (Duan et al. 2016) Table 2", "env": "metarl/TabularMDP-v0",
              "metric": "total reward of a trial of n episodes of 10 steps, mean ± 95% CI over test MDPs"}
-    final = merge_entry(out, f"{args.agent}_n{args.n}", entry, setup, time.perf_counter() - t0)
+    key = f"{entry_name(args.agent, entry['config'])}_n{args.n}"
+    final = merge_entry(out, key, entry, setup, time.perf_counter() - t0)
     plot_training(final["entries"], out.with_suffix(".png"), "", "rollout/return_mean", "n={n_episodes} episodes")
     print(readme_table(final))
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

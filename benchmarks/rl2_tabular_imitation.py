@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=10, help="episodes per trial")
     parser.add_argument("--updates", type=int, default=4000, help="behaviour-cloning updates")
     parser.add_argument("--trials", type=int, default=64, help="expert trials per update")
-    parser.add_argument("--hidden-size", type=int, default=256, help="GRU units (the headline RL² run's)")
+    parser.add_argument("--core", choices=("gru", "attention"), default="gru", help="RL²'s memory core")
+    parser.add_argument("--hidden-size", type=int, default=256,
+                        help="GRU units (the headline RL² run's) or the attention core's width")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few updates, 20 test MDPs, temporary file")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     updates, n_test = (3, 20) if args.quick else (args.updates, 1000)
     out = args.out or (Path(tempfile.mkdtemp()) / "rl2_tabular_imitation.json" if args.quick else RESULTS)
     t0 = time.perf_counter()
-    config = {"episodes_per_trial": args.n, "hidden_size": 8 if args.quick else args.hidden_size}
+    config = {"episodes_per_trial": args.n, "hidden_size": 8 if args.quick else args.hidden_size, "core": args.core}
     learner, envs = build_learner("rl2", "metarl/TabularMDP-v0", {}, config, args.seed, "cpu")
     curve = clone(learner, envs, updates, args.trials, args.n, args.lr, args.seed)
     train_s = time.perf_counter() - t0
@@ -170,11 +172,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "curve": curve[:: max(len(curve) // 100, 1)],
         "command": " ".join(["python benchmarks/rl2_tabular_imitation.py", *(sys.argv[1:] if argv is None else argv)]),
     }
-    path = write_results(out, {"benchmark": "rl2_tabular_imitation", "entries": {f"rl2_n{args.n}": entry}},
+    path = write_results(out, {"benchmark": "rl2_tabular_imitation", "entries": {entry_key(args.core, args.n): entry}},
                          wall_time_s=time.perf_counter() - t0)
     print(readme_table(json.loads(path.read_text())))
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return entry
+
+
+def entry_key(core: str, n: int) -> str:
+    """``rl2_n10`` for the GRU (the first entry's name), ``rl2_attention_n10`` for the attention core."""
+    return f"rl2_n{n}" if core == "gru" else f"rl2_{core}_n{n}"
 
 
 def readme_table(d: dict[str, Any]) -> str:
