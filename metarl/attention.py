@@ -62,25 +62,29 @@ class AttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, d] -> [B, H, T, d / H]``."""
-        t, b, d = x.shape
-        return x.reshape(t, b, self.heads, d // self.heads).permute(1, 2, 0, 3)
+        """``[B, T, d] -> [B, H, T, d / H]``."""
+        b, t, d = x.shape
+        return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
 
     def forward(self, e: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
                 allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``e [T, B, d]`` after the cache ``[W, B, d]``; returns the new ``e`` and the keys and values of the
-        cache followed by the ``T`` new steps (``[W + T, B, d]``)."""
+        """``e [B, T, d]`` after the cache ``[B, W, d]``; returns the new ``e`` and the keys and values of the
+        cache followed by the ``T`` new steps (``[B, W + T, d]``)."""
         q, k, v = self.qkv(self.norm1(e)).chunk(3, dim=-1)
-        keys, values = torch.cat([cache_k, k]), torch.cat([cache_v, v])
+        keys, values = torch.cat([cache_k, k], dim=1), torch.cat([cache_v, v], dim=1)
         o = windowed_attention(self.split_heads(q), self.split_heads(keys), self.split_heads(values), allowed)
-        t, b, d = e.shape
-        e = e + self.proj(o.permute(2, 0, 1, 3).reshape(t, b, d))
+        e = e + self.proj(o.transpose(1, 2).reshape(e.shape))
         return e + self.mlp(self.norm2(e)), keys, values
 
 
 class AttentionCore(nn.Module):
     """Causal self-attention over the trial's last ``context`` steps (module docstring), a
-    :class:`metarl.recurrent.MemoryCore`: state ``[B, D_in + W + 2 L W d]``, output ``[B, d]``."""
+    :class:`metarl.recurrent.MemoryCore`: state ``[B, D_in + W + 2 L W d]``, output ``[B, d]``.
+
+    The state is batch-first, ``[x_{t-1} | valid | K_1 | V_1 | ... | K_L | V_L]`` with each cache ``[W, d]``
+    row-major, so reading a layer's cache is a view and a step writes the new state with one copy (the
+    rollout steps it ~100 times per trial).
+    """
 
     def __init__(self, input_size: int, width: int, layers: int, heads: int, context: int) -> None:
         super().__init__()
@@ -97,35 +101,31 @@ class AttentionCore(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str) -> torch.Tensor:
         return torch.zeros(batch, self.state_size, device=device, dtype=self.embed.weight.dtype)
 
-    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``state [B, S]`` -> previous input ``[B, D_in]``, valid slots ``[W, B]`` (bool) and caches
-        ``[L, W, B, d]`` of keys and of values."""
+    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``state [B, S]`` -> previous input ``[B, D_in]``, valid slots ``[B, W]`` (bool) and the caches
+        ``[B, L, 2, W, d]`` (keys, values), views of ``state``."""
         b, d_in, w = state.shape[0], self.input_size, self.context
         prev, valid, caches = state.split([d_in, w, self.state_size - d_in - w], dim=-1)
-        k, v = caches.reshape(b, 2, len(self.blocks), w, self.width).permute(1, 2, 3, 0, 4)
-        return prev, valid.T > 0.5, k, v
+        return prev, valid > 0.5, caches.reshape(b, len(self.blocks), 2, w, self.width)
 
     def unroll(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``T`` steps of ``x [T, B, D_in]`` at once from ``state``: outputs ``[T, B, d]`` and the final state."""
-        t, w = x.shape[0], self.context
-        prev, valid, cache_k, cache_v = self.unpack(state)
-        e = self.embed(torch.cat([x, torch.cat([prev[None], x[:-1]])], dim=-1))
+        t, b, w = x.shape[0], x.shape[1], self.context
+        prev, valid, caches = self.unpack(state)
+        xb = x.transpose(0, 1)  # [B, T, D_in]
+        e = self.embed(torch.cat([xb, torch.cat([prev[:, None], xb[:, :-1]], dim=1)], dim=-1))
         # Key j (0..W+T-1) is step j - W relative to the first new step; query i sees keys i - W ... i that hold
         # steps of this trial.
         rows = torch.arange(t, device=x.device)[:, None]
         pos = torch.arange(w + t, device=x.device)[None, :] - w
         window = (pos <= rows) & (pos >= rows - w)  # [T, W + T]
-        filled = torch.cat([valid, valid.new_ones(t, valid.shape[1])])  # [W + T, B]
-        allowed = (window[None] & filled.T[:, None, :])[:, None]  # [B, 1, T, W + T]
-        new_k, new_v = [], []
-        for block, ck, cv in zip(self.blocks, cache_k, cache_v, strict=True):
-            e, keys, values = block(e, ck, cv, allowed)
-            new_k.append(keys[-w:])
-            new_v.append(values[-w:])
-        final = torch.cat([x[-1], filled[-w:].T.to(x.dtype),
-                           torch.stack([torch.stack(new_k), torch.stack(new_v)]).permute(3, 0, 1, 2, 4)
-                           .reshape(x.shape[1], -1)], dim=-1)
-        return self.norm(e), final
+        filled = torch.cat([valid, valid.new_ones(b, t)], dim=1)  # [B, W + T]
+        allowed = (window[None] & filled[:, None, :])[:, None]  # [B, 1, T, W + T]
+        parts = [x[-1], filled[:, -w:].to(x.dtype)]
+        for i, block in enumerate(self.blocks):
+            e, keys, values = block(e, caches[:, i, 0], caches[:, i, 1], allowed)
+            parts += [keys[:, -w:].reshape(b, -1), values[:, -w:].reshape(b, -1)]
+        return self.norm(e).transpose(0, 1), torch.cat(parts, dim=-1)
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, state = self.unroll(x[None], state)

@@ -247,7 +247,9 @@ def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: 
                 dist, values, new_state = model.step(x, state, pos)
                 actions = greedy_actions(dist) if greedy else dist.sample()
                 log_probs = dist.log_prob(actions)
-            state = torch.where(real[:, None], new_state, state)
+            # (A copy of the whole state only when some column is resetting: large states, e.g. an attention
+            # core's key/value cache, make it the rollout's largest cost.)
+            state = new_state if bool(real.all()) else torch.where(real[:, None], new_state, state)
         else:  # every column is autoresetting: the env ignores the actions
             actions, log_probs, values = zero_action, torch.zeros(b, device=device), torch.zeros(b, device=device)
         raw_next, reward, terminated, truncated, _ = venv.step(to_env_actions(actions, act_space))
