@@ -217,12 +217,14 @@ def test_train_then_evaluate_through_the_cli(env: str, kwargs: list[str], tmp_pa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("algo", ["rl2", "mann"])
+@pytest.mark.parametrize("algo", ["rl2", "rl2-attention", "mann"])
 def test_memory_agents_train_and_adapt_on_cuda(algo: str) -> None:
     from metarl.cli import build_learner
 
-    cfg = {"meta_batch_size": 4, "episodes_per_trial": 2, "bptt_chunk": 5,
-           **({"hidden_size": 8} if algo == "rl2" else {"controller_size": 8, "memory_slots": 4})}
+    sizes = {"rl2": {"hidden_size": 8}, "rl2-attention": {"hidden_size": 8, "attention_heads": 2, "core": "attention"},
+             "mann": {"controller_size": 8, "memory_slots": 4}}[algo]
+    cfg = {"meta_batch_size": 4, "episodes_per_trial": 2, "bptt_chunk": 5, **sizes}
+    algo = algo.split("-")[0]
     for env, kwargs in (("metarl/Bandit-v0", {"n_pulls": 6}), ("metarl/Navigation2D-v0", {"horizon": 5})):
         learner, envs = build_learner(algo, env, kwargs, cfg, 0, "cuda")
         tasks = envs.sample_tasks(4, np.random.default_rng(0))

@@ -10,6 +10,7 @@ import torch
 from torch.distributions import Categorical, Distribution
 
 from metarl.agents.rl2 import GRUCore
+from metarl.attention import AttentionCore
 from metarl.recurrent import RecurrentActorCritic, to_chunks, trial_advantages
 from metarl.rollout import TaskEnvs
 from metarl.trials import TrialBatch, collect_trials, encode_action, memory_input_dim, memory_inputs
@@ -121,17 +122,24 @@ def test_trial_advantages_by_hand() -> None:
 
 @pytest.mark.parametrize("chunk", [0, 7])
 @pytest.mark.parametrize("separate_value", [False, True])
-def test_update_recomputes_the_rollout_sequence(chunk: int, separate_value: bool) -> None:
+@pytest.mark.parametrize("core", ["gru", "attention"])
+def test_update_recomputes_the_rollout_sequence(chunk: int, separate_value: bool, core: str) -> None:
     """From the stored initial states the unroll reproduces the rollout's log-probs and values exactly
     (whole trials or truncated-BPTT chunks), and the stored chunk states are the states of the sequence;
-    with a separate value core too (its state rides in the same flat state)."""
+    with a separate value core too (its state rides in the same flat state). The attention core's window
+    (10 steps) is shorter than the trials, so its key/value cache slides inside them."""
     torch.manual_seed(0)
     envs = TaskEnvs("metarl/Navigation2D-v0", {"horizon": 12})
     tasks = envs.sample_tasks(3, np.random.default_rng(1))
     d = memory_input_dim(envs.observation_space, envs.action_space)
-    model = RecurrentActorCritic(GRUCore(d, 8), envs.observation_space, envs.action_space,
-                                 value_core=GRUCore(d, 5) if separate_value else None)
-    assert model.initial_state(3).shape == (3, 13 if separate_value else 8)
+
+    def make(width: int) -> torch.nn.Module:
+        return GRUCore(d, width) if core == "gru" else AttentionCore(d, 2 * width, 1, 2, 10)
+
+    model = RecurrentActorCritic(make(8), envs.observation_space, envs.action_space,
+                                 value_core=make(5) if separate_value else None)
+    sizes = [int(m.state_size) for m in (model.core, model.value_core) if m is not None]  # type: ignore[arg-type]
+    assert model.initial_state(3).shape == (3, sum(sizes))
     batch = collect_trials(envs.vector(3), model, tasks, 1, n_episodes=2, seed=0, horizon=12, chunk=chunk)
     t = batch.inputs.shape[0]
     assert batch.initial_states.shape[0] == (1 if chunk == 0 else -(-t // chunk))
