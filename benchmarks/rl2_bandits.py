@@ -147,9 +147,9 @@ def plot_training(entries: dict[str, dict[str, Any]], path: Path, reference: str
         for e in group:
             per_iteration = e["train_env_steps"] / max(e["iterations"], 1)
             x = [row["iteration"] * per_iteration / 1e6 for row in e["curve"]]
-            line = ax.plot(x, [row[key] for row in e["curve"]], label=f"{e['agent'].upper()} (train trials)")[0]
+            line = ax.plot(x, [row[key] for row in e["curve"]], label=f"{agent_label(e)} (train trials)")[0]
             ax.axhline(e["result"]["mean"], color=line.get_color(), linestyle=":",
-                       label=f"{e['agent'].upper()} test {e['result']['mean']:.1f}")
+                       label=f"{agent_label(e)} test {e['result']['mean']:.1f}")
         ref = group[0].get("baselines", {}).get(reference) if reference else None
         if ref:
             ax.axhline(ref["mean"], color="k", linestyle="--", label=f"{reference} {ref['mean']:.1f}")
@@ -172,14 +172,14 @@ def readme_table(d: dict[str, Any]) -> str:
     lines = ["| n, k | agent | total reward | Gittins (same bandits) | agent − Gittins (paired) | greedy actions − "
              "Gittins | UCB1 (c = 0.2) | Thompson | paper RL² / Gittins | iterations, env steps | train time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for e in sorted(d["entries"].values(), key=lambda e: (-e["n_pulls"], e["n_arms"], e["agent"])):
+    for e in sorted(d["entries"].values(), key=lambda e: (-e["n_pulls"], e["n_arms"], agent_label(e))):
         r, g, diff, b = e["result"], e["baselines"]["gittins"], e["minus_gittins"], e["baselines"]
         paper = e["paper"]
         paper_s = f"{paper['rl2']:.1f} / {paper['gittins']:.1f}" if paper else ""
         gd = e.get("greedy_minus_gittins")  # entries made before the greedy evaluation existed have none
         greedy_s = f"{gd['mean']:+.1f} ± {gd['ci95']:.1f}" if gd else "not run"
         lines.append(
-            f"| {e['n_pulls']}, {e['n_arms']} | {e['agent'].upper()} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
+            f"| {e['n_pulls']}, {e['n_arms']} | {agent_label(e)} | {r['mean']:.1f} ± {r['ci95']:.1f} | "
             f"{g['mean']:.1f} ± {g['ci95']:.1f} | {diff['mean']:+.1f} ± {diff['ci95']:.1f} | {greedy_s} | "
             f"{b['ucb1']['mean']:.1f} | {b['thompson']['mean']:.1f} | {paper_s} | "
             f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = {"source": "RL² (Duan et al. 2016) Table 1", "env": "metarl/Bandit-v0",
              "metric": "total reward of one trial of n pulls, mean ± 95% CI over test bandits",
              "reference": "benchmarks/bandit_baselines.py (same test bandits and reward stream)"}
-    final = merge_entry(out, f"{args.agent}_n{args.n}_k{args.k}", entry, setup, time.perf_counter() - t0)
+    key = f"{entry_name(args.agent, entry['config'])}_n{args.n}_k{args.k}"
+    final = merge_entry(out, key, entry, setup, time.perf_counter() - t0)
     plot_training(final["entries"], out.with_suffix(".png"), "gittins", "rollout/return_mean",
                   "n={n_pulls}, k={n_arms}")
     print(readme_table(final))

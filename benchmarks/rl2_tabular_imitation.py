@@ -189,16 +189,18 @@ def readme_table(d: dict[str, Any]) -> str:
     def cell(ci: dict[str, Any]) -> str:
         return f"{ci['mean']:.1f} ± {ci['ci95']:.1f}"
 
-    lines = ["### RL²'s GRU policy cloned from the myopic strategy (tabular MDPs; total reward of a trial, "
+    lines = ["### RL²'s policy cloned from the myopic strategy (tabular MDPs; total reward of a trial, "
              "held-out MDPs)", "", f"`python benchmarks/rl2_tabular_imitation.py` ({machine_line(d)})", "",
-             "| n episodes | GRU units | cloned, sampled actions | cloned, most likely actions | expert (myopic, "
+             "| n episodes | memory core | cloned, sampled actions | cloned, most likely actions | expert (myopic, "
              "per-step) | cloned − expert (paired) | cross-entropy / agreement on the expert's test trials | same, "
              "perfect imitator | updates x trials | training |",
              "|" + " --- |" * 10]
     for e in d["entries"].values():
         x = e["test_expert_trials"]
         p = x["perfect_imitator"]
-        lines.append(f"| {e['n_episodes']} | {e['config']['hidden_size']} | {cell(e['cloned_sampled'])} | "
+        core = e["config"].get("core", "gru")
+        size = f"GRU {e['config']['hidden_size']}" if core == "gru" else f"{core}, width {e['config']['hidden_size']}"
+        lines.append(f"| {e['n_episodes']} | {size} | {cell(e['cloned_sampled'])} | "
                      f"{cell(e['cloned_greedy'])} | {cell(e['expert'])} | {cell(e['cloned_greedy_minus_expert'])} | "
                      f"{x['cross_entropy']:.2f} / {x['agreement']:.1%} | {p['entropy']:.2f} / {p['agreement']:.1%} | "
                      f"{e['updates']} x {e['trials_per_update']} | "
