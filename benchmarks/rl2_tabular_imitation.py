@@ -19,7 +19,11 @@ only keeps the posterior-mean reward of every (state, action) pair (``benchmarks
 3. The cloned policy plays one trial on each of the 1000 *test* MDPs of ``rl2_tabular.py`` through
    :meth:`~metarl.recurrent.TrialPPOLearner.adapt_many`, with sampled and with most likely actions.
 
-Run: ``python benchmarks/rl2_tabular_imitation.py`` (17-20 minutes on one core) or ``--quick``
+``--core attention`` clones into RL²'s attention core instead (:mod:`metarl.attention`, entry
+``rl2_attention_n10``), the same question for a memory that can look past steps up by (state, action).
+
+Run: ``python benchmarks/rl2_tabular_imitation.py`` (17-20 minutes on one core; ``--core attention
+--hidden-size 128 --updates 1500``: 15 minutes) or ``--quick``
 (a few updates, 20 test MDPs, temporary file). Results: ``benchmarks/results/rl2_tabular_imitation.json``.
 """
 
