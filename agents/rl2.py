@@ -105,7 +105,8 @@ class GRUCore(nn.Module):
 
 
 class RL2Agent(TrialPPOLearner):
-    """RL²: a GRU policy whose hidden state carries what it learned about the task through a trial."""
+    """RL²: a GRU policy (or the attention core's) whose memory carries what it learned about the task through a
+    trial."""
 
     def __init__(self, envs: TaskEnvs, config: RL2Config, seed: int = 0, device: torch.device | str = "cpu") -> None:
         context = config.attention_context or config.episodes_per_trial * envs.horizon

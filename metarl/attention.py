@@ -24,14 +24,16 @@ Why these choices:
   current state. There is no positional encoding: attention over a trial's past is then a weighted
   average over a *set* of transitions (counts and means are what a table of rewards needs); order within
   the trial is visible through the token shift and the done flags.
-- **Context window** ``W`` (``context``): each step attends to itself and the ``W`` steps before it. With
-  ``W`` at least the trial's length nothing is forgotten within a trial; a longer trial (e.g. evaluation
-  with more episodes than training) slides the window.
-- **Flat state** (:class:`metarl.recurrent.MemoryCore`): ``[x_{t-1}, valid (W), K (L x W x d), V (L x W x d)]``,
-  the previous input, which of the ``W`` cache slots hold a step of this trial, and every layer's keys and
-  values of the last ``W`` steps; all zeros clears the memory (no slot valid). ``step`` appends one step
-  to the cache; ``unroll`` runs a whole sequence in parallel from a stored state with the causal window
-  mask, and equals ``T`` calls of ``step`` (tested), so the recurrent PPO update reproduces the rollout.
+- **Context window** ``W`` (``context``): in each layer a step attends to itself and the ``W`` steps before
+  it (through the layers below and the token shift, a step's output can depend on up to ``L W + 1`` steps
+  back). With ``W`` at least the trial's length nothing is forgotten within a trial; a longer trial (e.g.
+  evaluation with more episodes than training) slides the window.
+- **Flat state** (:class:`metarl.recurrent.MemoryCore`): ``[x_{t-1}, valid (W), K_1, V_1, ..., K_L, V_L]`` with
+  each cache ``W x d``: the previous input, which of the ``W`` cache slots hold a step of this trial, and
+  every layer's keys and values of the last ``W`` steps; all zeros clears the memory (no slot valid).
+  ``step`` appends one step to the cache; ``unroll`` runs a whole sequence in parallel from a stored state
+  with the causal window mask, and equals ``T`` calls of ``step`` (tested), so the recurrent PPO update
+  reproduces the rollout.
 """
 
 from __future__ import annotations
