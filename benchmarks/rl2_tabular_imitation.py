@@ -30,7 +30,6 @@ Run: ``python benchmarks/rl2_tabular_imitation.py`` (17-20 minutes on one core; 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -43,10 +42,10 @@ from torch.distributions import Categorical, Distribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
+from rl2_bandits import entry_name, merge_entry  # noqa: E402
 
 from metarl.cli import build_learner  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
-from metarl.provenance import write_results  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
 from metarl.tabular import TabularPrior  # noqa: E402
 from metarl.trials import TrialBatch, collect_trials  # noqa: E402
@@ -176,16 +175,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "curve": curve[:: max(len(curve) // 100, 1)],
         "command": " ".join(["python benchmarks/rl2_tabular_imitation.py", *(sys.argv[1:] if argv is None else argv)]),
     }
-    path = write_results(out, {"benchmark": "rl2_tabular_imitation", "entries": {entry_key(args.core, args.n): entry}},
-                         wall_time_s=time.perf_counter() - t0)
-    print(readme_table(json.loads(path.read_text())))
-    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    setup = {"expert": "myopic strategy on the posterior-mean rewards (MyopicExpert)", "env": "metarl/TabularMDP-v0"}
+    # Other entries (e.g. the other core's) are kept; each keeps the provenance of the run that made it.
+    final = merge_entry(out, f"{entry_name('rl2', config)}_n{args.n}", entry, setup, time.perf_counter() - t0)
+    print(readme_table(final))
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return entry
-
-
-def entry_key(core: str, n: int) -> str:
-    """``rl2_n10`` for the GRU (the first entry's name), ``rl2_attention_n10`` for the attention core."""
-    return f"rl2_n{n}" if core == "gru" else f"rl2_{core}_n{n}"
 
 
 def readme_table(d: dict[str, Any]) -> str:
