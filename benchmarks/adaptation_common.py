@@ -189,8 +189,9 @@ def machine_line(d: dict[str, Any], extras: Sequence[str] = ()) -> str:
     wall = p.get("wall_time_s")
     wall_s = f", {wall / 60:.0f} min" if isinstance(wall, (int, float)) else ""
     extra_s = "".join(f", {x}" for x in extras)
+    dirty = " with uncommitted changes" if p["commit"].endswith("-dirty") else ""
     return (f"{m['cpu']}, {m['cpu_count']} cores{gpu}, torch {m['torch']}{extra_s}{wall_s}; "
-            f"commit {p['commit'][:7]}")
+            f"commit {p['commit'][:7]}{dirty}")
 
 
 def curve_table(d: dict[str, Any], paper: dict[str, Sequence[float]] | None = None) -> list[str]:
