@@ -23,7 +23,7 @@ only keeps the posterior-mean reward of every (state, action) pair (``benchmarks
 ``rl2_attention_n10``), the same question for a memory that can look past steps up by (state, action).
 
 Run: ``python benchmarks/rl2_tabular_imitation.py`` (17-20 minutes on one core; ``--core attention
---hidden-size 128 --updates 1500``: 15 minutes) or ``--quick``
+--hidden-size 128 --updates 1500``: 12-15 minutes) or ``--quick``
 (a few updates, 20 test MDPs, temporary file). Results: ``benchmarks/results/rl2_tabular_imitation.json``.
 """
 
