@@ -144,6 +144,7 @@ def readme_table(d: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from metarl.bandits import Gittins, play
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = RecurrentPPO("MlpLstmPolicy", venv, n_steps=args.n, batch_size=args.n * args.envs // 2, n_epochs=4,
                          learning_rate=1e-3, ent_coef=0.01, policy_kwargs={"lstm_hidden_size": args.lstm},
                          seed=args.seed, device="cpu", **ref_config)
+    # SB3's default logger makes an empty SB3-<date> folder in the temp dir on every learn(); log nowhere instead
+    model.set_logger(Logger(folder=None, output_formats=[]))
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     model.learn(total_timesteps=timesteps)

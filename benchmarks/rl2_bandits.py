@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from metarl.bandits import UCB1, Gittins, Greedy, Thompson, play
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner
 from metarl.config import config_from_dict, config_to_dict
 from metarl.envs.bandit import BanditEnv
+from metarl.logging import CONFIG_NAME, read_progress
 from metarl.provenance import write_results
 from metarl.stats import mean_ci95
 from metarl.training import TrainConfig, train
@@ -52,12 +53,27 @@ PAPER = {(10, 5): {"rl2": 6.7, "gittins": 6.6}, (100, 5): {"rl2": 78.7, "gittins
 PAPER_STEPS = "TRPO, 250k env steps per iteration (RL² appendix); the paper does not state the iteration count"
 
 
+class TrainedRun(NamedTuple):
+    """What :func:`train_memory_learner` returns: the learner, its ``TaskEnvs``, the per-iteration metrics, the
+    training wall time and the iteration a resumed run continued from (``None``: trained in one go)."""
+
+    learner: Any
+    envs: Any
+    curve: list[dict[str, float]]
+    wall: float
+    resumed_from: int | None
+
+
 def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_config: dict[str, Any],
                          iterations: int, seed: int, eval_every: int, eval_tasks: int,
-                         eval_budget: int) -> tuple[Any, Any, list[dict[str, float]], float]:
-    """Meta-train ``algo`` through the shared training loop (in a temporary run folder).
+                         eval_budget: int, run_dir: Path | None = None, resume: bool = False) -> TrainedRun:
+    """Meta-train ``algo`` through the shared training loop.
 
-    Returns the learner, its ``TaskEnvs``, the per-iteration metrics and the training wall time.
+    ``run_dir=None`` trains in a temporary folder. Otherwise the run is kept there (a checkpoint at every
+    periodic check, ``progress.csv``, ``config.json``: ``metarl evaluate DIR`` loads it), and ``resume``
+    continues it from its last checkpoint; the resumed run equals an uninterrupted one (the training loop's
+    guarantee). Its curve then starts with the earlier segments' logged rows (without the load average), and
+    its wall time adds their iteration times (their periodic checks not counted) to this segment's.
     """
     learner, envs = build_learner(algo, env, env_kwargs, algo_config, seed, "cpu")
     curve: list[dict[str, float]] = []
@@ -73,12 +89,40 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
             print(f"[{algo} {env}] iteration {iteration}/{iterations} {shown}", file=sys.stderr, flush=True)
 
     config = TrainConfig(iterations=iterations, seed=seed, eval_every=eval_every, eval_tasks=eval_tasks,
-                         eval_budget=eval_budget, checkpoint_every=max(iterations, 1))
+                         eval_budget=eval_budget,
+                         checkpoint_every=max(iterations, 1) if run_dir is None else max(eval_every, 1))
     info = {"algo": algo, "algo_config": algo_config, "env": env, "env_kwargs": env_kwargs}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run:
-        train(learner, envs, run, config, info, progress=False, on_iteration=record)
-    return learner, envs, curve, time.perf_counter() - t0
+    if run_dir is None:
+        with tempfile.TemporaryDirectory() as run:
+            train(learner, envs, run, config, info, progress=False, on_iteration=record)
+        return TrainedRun(learner, envs, curve, time.perf_counter() - t0, None)
+    if resume:
+        _check_same_run(run_dir, info, config)
+    train(learner, envs, run_dir, config, info, resume=resume, progress=False, on_iteration=record)
+    wall = time.perf_counter() - t0
+    first = curve[0]["iteration"] if curve else iterations + 1
+    earlier = [{"iteration": int(row.pop("step")), **row} for row in read_progress(run_dir) if row["step"] < first]
+    if not earlier:
+        return TrainedRun(learner, envs, curve, wall, None)
+    wall += sum(row.get("time/iteration_s", 0.0) for row in earlier)
+    return TrainedRun(learner, envs, earlier + curve, wall, int(earlier[-1]["iteration"]))
+
+
+def _check_same_run(run_dir: Path, info: dict[str, Any], config: TrainConfig) -> None:
+    """Fail before training when ``--resume`` would continue a run made with other settings (only the
+    iteration count may change: a run can be extended)."""
+    path = run_dir / CONFIG_NAME
+    if not path.exists():
+        raise SystemExit(f"--resume: {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one there")
+    stored = json.loads(path.read_text())
+    ours = json.loads(json.dumps({**info, "train": config_to_dict(config)}))
+    differ = sorted(k for k in {*ours, *stored} - {"train"} if stored.get(k) != ours.get(k))
+    differ += sorted(f"train.{k}" for k in ours["train"] if k != "iterations"
+                     and stored.get("train", {}).get(k) != ours["train"][k])
+    if differ:
+        raise SystemExit(f"--resume: the run in {run_dir} was made with other settings ({', '.join(differ)} differ); "
+                         "rerun with its options (see its config.json) or choose another --run-dir")
 
 
 def compact_curve(curve: list[dict[str, float]], keys: tuple[str, ...]) -> list[dict[str, float]]:
@@ -91,13 +135,13 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
 
 
 def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: int, n_test: int,
-                overrides: dict[str, Any]) -> dict[str, Any]:
+                overrides: dict[str, Any], run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     config = config_from_dict(_algorithms()[agent][0], {"episodes_per_trial": 1, **overrides})
     env_kwargs = {"n_arms": n_arms, "n_pulls": n_pulls}
-    learner, envs, curve, wall = train_memory_learner(agent, "metarl/Bandit-v0", env_kwargs,
-                                                      config_to_dict(config), iterations, seed,
-                                                      eval_every=max(iterations // 20, 1), eval_tasks=200,
-                                                      eval_budget=0)
+    run = train_memory_learner(agent, "metarl/Bandit-v0", env_kwargs, config_to_dict(config), iterations, seed,
+                               eval_every=max(iterations // 20, 1), eval_tasks=200, eval_budget=0,
+                               run_dir=run_dir, resume=resume)
+    learner, curve, wall = run.learner, run.curve, run.wall
     tasks = BanditEnv(n_arms=n_arms).sample_tasks(n_test, np.random.default_rng(0), split="test")
     probs = np.array([t.probs for t in tasks])
     t0 = time.perf_counter()
@@ -113,7 +157,7 @@ def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: in
     return {
         "agent": agent, "n_pulls": n_pulls, "n_arms": n_arms,
         "config": config_to_dict(config), "iterations": iterations, "train_env_steps": env_steps,
-        "train_wall_time_s": wall, "eval_wall_time_s": eval_s,
+        "train_wall_time_s": wall, "eval_wall_time_s": eval_s, **resume_fields(run),
         "env_steps_per_s": env_steps / max(wall, 1e-9),
         "reduced": True, "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared CPU "
                                          f"cores; paper: {PAPER_STEPS}",
@@ -227,7 +271,28 @@ def memory_agent_parser(description: str, iterations: int, quick: str) -> argpar
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="agent config value (JSON)")
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/...)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="keep the training run in this folder (a checkpoint at every periodic check; "
+                             "`metarl evaluate DIR` loads it) instead of a temporary one")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last checkpoint (same options; --iterations "
+                             "may grow); the entry then counts every segment's training")
     return parser
+
+
+def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--resume`` needs ``--run-dir``: say so before any work."""
+    if args.resume and args.run_dir is None:
+        parser.error("--resume continues a kept run: give its folder with --run-dir DIR")
+
+
+def resume_fields(run: TrainedRun) -> dict[str, Any]:
+    """Entry fields that say a run was resumed (none for a run trained in one go)."""
+    if run.resumed_from is None:
+        return {}
+    return {"resumed_from_iteration": run.resumed_from,
+            "resumed_note": "trained in segments; the wall time counts the earlier segments' iterations but not "
+                            "their periodic checks"}
 
 
 def tiny(agent: str, meta_batch_size: int) -> dict[str, Any]:
@@ -241,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=100, help="pulls per trial")
     parser.add_argument("--k", type=int, default=5, help="arms")
     args = parser.parse_args(argv)
+    check_run_args(parser, args)
     torch.set_num_threads(1)
     overrides = _parse_env_kwargs(args.set)  # NAME=VALUE pairs, JSON values
     iterations, n_test = args.iterations, 1000
@@ -251,7 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.out is None:
             out = Path(tempfile.mkdtemp()) / "rl2_bandits.json"
     t0 = time.perf_counter()
-    entry = run_setting(args.agent, args.n, args.k, iterations, args.seed, n_test, overrides)
+    entry = run_setting(args.agent, args.n, args.k, iterations, args.seed, n_test, overrides, args.run_dir,
+                        args.resume)
     entry["quick"] = args.quick
     setup = {"source": "RL² (Duan et al. 2016) Table 1", "env": "metarl/Bandit-v0",
              "metric": "total reward of one trial of n pulls, mean ± 95% CI over test bandits",

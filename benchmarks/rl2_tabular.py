@@ -33,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import (  # noqa: E402
     agent_label,
+    check_run_args,
     compact_curve,
     entry_name,
     memory_agent_parser,
     merge_entry,
     plot_training,
+    resume_fields,
     tiny,
     train_memory_learner,
 )
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = memory_agent_parser(__doc__.split("\n\n")[0], 300, "2 iterations, 20 test MDPs, temporary output")
     parser.add_argument("--n", type=int, default=10, help="episodes per trial")
     args = parser.parse_args(argv)
+    check_run_args(parser, args)
     torch.set_num_threads(1)
     overrides = _parse_env_kwargs(args.set)
     iterations, n_test, out = args.iterations, 1000, args.out or RESULTS
@@ -95,9 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = args.out or Path(tempfile.mkdtemp()) / "rl2_tabular.json"
     t0 = time.perf_counter()
     config = config_from_dict(_algorithms()[args.agent][0], {"episodes_per_trial": args.n, **overrides})
-    learner, envs, curve, wall = train_memory_learner(
+    run = train_memory_learner(
         args.agent, "metarl/TabularMDP-v0", {}, config_to_dict(config), iterations, args.seed,
-        eval_every=max(iterations // 10, 1), eval_tasks=100, eval_budget=args.n - 1)
+        eval_every=max(iterations // 10, 1), eval_tasks=100, eval_budget=args.n - 1, run_dir=args.run_dir,
+        resume=args.resume)
+    learner, envs, curve, wall = run.learner, run.envs, run.curve, run.wall
     tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
     torch.manual_seed(0)
     per_episode = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1).stage_returns  # [N, n]
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env_steps = sum(row.get("rollout/env_steps", 0.0) for row in curve)
     entry = {
         "agent": args.agent, "n_episodes": args.n, "config": config_to_dict(config), "iterations": iterations,
-        "train_env_steps": env_steps, "train_wall_time_s": wall, "quick": args.quick,
+        "train_env_steps": env_steps, "train_wall_time_s": wall, "quick": args.quick, **resume_fields(run),
         "reduced": True, "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared "
                                          "CPU cores; the paper trained with TRPO on far larger batches",
         "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},

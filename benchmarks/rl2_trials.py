@@ -32,7 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
-from rl2_bandits import compact_curve, memory_agent_parser, merge_entry, tiny, train_memory_learner  # noqa: E402
+from rl2_bandits import (  # noqa: E402
+    check_run_args,
+    compact_curve,
+    memory_agent_parser,
+    merge_entry,
+    resume_fields,
+    tiny,
+    train_memory_learner,
+)
 
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner  # noqa: E402
 from metarl.config import config_from_dict, config_to_dict  # noqa: E402
@@ -56,16 +64,17 @@ def maml_reference() -> dict[str, Any] | None:
 
 
 def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int, seed: int, quick: bool,
-            overrides: dict[str, Any]) -> dict[str, Any]:
+            overrides: dict[str, Any], run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     env, n_test = ENVS[name]
     maml = maml_reference() if name == "navigation" else None
     task_seed = int(maml["setup"].get("task_seed", 0)) if maml else 0
     if quick:
         n_test = 3
     config = config_from_dict(_algorithms()[agent][0], {"episodes_per_trial": n_episodes, **overrides})
-    learner, envs, curve, wall = train_memory_learner(agent, env, {}, config_to_dict(config), iterations, seed,
-                                                      eval_every=max(iterations // 10, 1), eval_tasks=10,
-                                                      eval_budget=n_episodes - 1)
+    run = train_memory_learner(agent, env, {}, config_to_dict(config), iterations, seed,
+                               eval_every=max(iterations // 10, 1), eval_tasks=10, eval_budget=n_episodes - 1,
+                               run_dir=run_dir, resume=resume)
+    learner, envs, curve, wall = run.learner, run.envs, run.curve, run.wall
     tasks = envs.sample_tasks(n_test, np.random.default_rng(task_seed), split="test")
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -76,7 +85,7 @@ def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int
     entry: dict[str, Any] = {
         "agent": agent, "env": env, "n_episodes": n_episodes, "config": config_to_dict(config),
         "iterations": iterations, "train_env_steps": sum(r.get("rollout/env_steps", 0.0) for r in curve),
-        "train_wall_time_s": wall, "eval_wall_time_s": time.perf_counter() - t0, "quick": quick,
+        "train_wall_time_s": wall, "eval_wall_time_s": time.perf_counter() - t0, "quick": quick, **resume_fields(run),
         "reduced": True,
         "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared CPU cores",
         "test": {"n_tasks": n_test, "split": "test", "task_seed": task_seed, "trials_per_task": trials, "env_seed": 0},
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=2, help="episodes per trial (training and evaluation)")
     parser.add_argument("--trials", type=int, default=10, help="evaluation trials per test task")
     args = parser.parse_args(argv)
+    check_run_args(parser, args)
     torch.set_num_threads(1)
     overrides = _parse_env_kwargs(args.set)
     iterations, trials, out = args.iterations, args.trials, args.out or RESULTS
@@ -132,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides = {**tiny(args.agent, 3), **overrides}
         out = args.out or Path(tempfile.mkdtemp()) / "rl2_trials.json"
     t0 = time.perf_counter()
-    entry = run_env(args.agent, args.env, iterations, args.n, trials, args.seed, args.quick, overrides)
+    entry = run_env(args.agent, args.env, iterations, args.n, trials, args.seed, args.quick, overrides, args.run_dir,
+                    args.resume)
     setup = {"metric": "return per episode within a trial, mean ± 95% CI over test tasks",
              "reference": "MAML-RL curve from benchmarks/results/maml_rl_navigation.json (as committed)"}
     final = merge_entry(out, f"{args.agent}_{args.env}", entry, setup, time.perf_counter() - t0)

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CSV_NAME", "CONFIG_NAME", "Logger"]
+__all__ = ["CSV_NAME", "CONFIG_NAME", "Logger", "read_progress"]
 
 CSV_NAME = "progress.csv"
 CONFIG_NAME = "config.json"
@@ -269,6 +269,16 @@ class Logger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_progress(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The rows of a run's ``progress.csv`` as numbers, one dict per logged step (``"step"`` included;
+    metrics not logged at that step are left out). A missing log gives no rows."""
+    path = Path(run_dir) / CSV_NAME
+    if not path.exists():
+        return []
+    _, rows = _read_rows(path)
+    return [{k: _parse_step(v, path) if k == _STEP else float(v) for k, v in row.items() if v != ""} for row in rows]
 
 
 def _parse_step(text: str, path: Path) -> float:

@@ -248,6 +248,50 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
         assert entry["minus_greedy"]["mean"] == pytest.approx(paired)
 
 
+def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    """``--run-dir`` keeps a benchmark's training run; resuming it (here after 2 of 4 iterations) gives the
+    uninterrupted run's training curve and weights, and the entry's curve and wall time cover both segments."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rl2_bandits import resume_fields, train_memory_learner
+
+    config = {"meta_batch_size": 4, "hidden_size": 8, "episodes_per_trial": 1}
+    kwargs = {"eval_every": 2, "eval_tasks": 3, "eval_budget": 0}
+    env, env_kwargs = "metarl/Bandit-v0", {"n_arms": 3, "n_pulls": 5}
+    whole = train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "whole")
+    part = train_memory_learner("rl2", env, env_kwargs, config, 2, 0, **kwargs, run_dir=tmp_path / "part")
+    assert whole.resumed_from is None and part.resumed_from is None and resume_fields(whole) == {}
+    resumed = train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "part",
+                                   resume=True)
+    assert resumed.resumed_from == 2 and resume_fields(resumed)["resumed_from_iteration"] == 2
+    assert [r["iteration"] for r in resumed.curve] == [1, 2, 3, 4]
+    for a, b in zip(resumed.curve, whole.curve, strict=True):
+        assert a["rollout/return_mean"] == b["rollout/return_mean"]
+    for (name, p), q in zip(resumed.learner.model.state_dict().items(), whole.learner.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(p, q), name
+    earlier = sum(r["time/iteration_s"] for r in resumed.curve[:2])
+    assert resumed.wall > earlier > 0
+    assert (tmp_path / "part" / "checkpoint.pt").exists()  # `metarl evaluate DIR` reads it
+    with pytest.raises(SystemExit, match=r"other settings \(algo_config differ"):
+        train_memory_learner("rl2", env, env_kwargs, {**config, "hidden_size": 9}, 4, 0, **kwargs,
+                             run_dir=tmp_path / "part", resume=True)
+    with pytest.raises(SystemExit, match="holds no run"):
+        train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "none", resume=True)
+
+
+def test_benchmark_resume_without_a_run_dir_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rl2_bandits import main as bandits_main
+
+    with pytest.raises(SystemExit):
+        bandits_main(["--quick", "--resume"])
+    assert "--resume continues a kept run: give its folder with --run-dir DIR" in capsys.readouterr().err
+
+
 def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() -> None:
     """The imitation benchmark's expert, reading only RL²'s inputs, takes at every step an action of largest
     posterior-mean reward in the current state, the posterior recomputed from the trial's recorded steps."""
