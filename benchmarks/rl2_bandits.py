@@ -276,7 +276,8 @@ def memory_agent_parser(description: str, iterations: int, quick: str) -> argpar
                              "`metarl evaluate DIR` loads it) instead of a temporary one")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its last checkpoint (same options; --iterations "
-                             "may grow); the entry then counts every segment's training")
+                             "may grow, but the learning-rate and entropy schedules stay the run's); the entry then "
+                             "counts every segment's training")
     return parser
 
 
