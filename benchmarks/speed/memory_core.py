@@ -1,4 +1,5 @@
-"""The memory agents' cores: eager vs ``torch.compile``-d step (MANN's ``--compile-step``), and RL²'s GRU.
+"""The memory agents' cores: eager vs ``torch.compile``-d step (MANN's ``--compile-step``), and RL²'s GRU and
+attention cores.
 
 Workload (the RL² bandit setting, n = 100 pulls, k = 5 arms: memory input ``obs 1 + previous action 5 +
 reward 1 + done 1 = 8`` wide, :func:`metarl.trials.memory_input_dim`):
@@ -11,7 +12,9 @@ reward 1 + done 1 = 8`` wide, :func:`metarl.trials.memory_input_dim`):
 
 Implementations: ``mann eager`` (``NTMCore`` with the default config: LSTM controller 128, 16 slots of
 width 16, 1 read head), ``mann compiled`` (the same weights with ``compile_step=True``), and ``rl2 gru``
-(``GRUCore`` with 128 units: the reference cost of RL² on the same workload). Every implementation is
+(``GRUCore`` with 128 units: the reference cost of RL² on the same workload) and ``rl2 attention``
+(``AttentionCore``, RL²'s ``--core attention`` defaults: width 128, 2 blocks, 4 heads, a window of the
+trial's 100 steps). Every implementation is
 first checked against eager MANN on the same inputs (compiled: same outputs and gradients, rtol 1e-4 in
 float32). Rounds interleave the implementations; reported are median / min / max seconds over rounds and
 the ratio ``eager / compiled`` per round, plus the time of the first compiled call of each shape
@@ -44,6 +47,7 @@ from common import fmt_spread, load_average, machine_line, paired_ratios, summar
 
 from metarl.agents.mann import MANNConfig, NTMCore  # noqa: E402
 from metarl.agents.rl2 import GRUCore  # noqa: E402
+from metarl.attention import AttentionCore  # noqa: E402
 from metarl.envs.bandit import BanditEnv  # noqa: E402
 from metarl.trials import memory_input_dim  # noqa: E402
 
@@ -97,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     compiled = NTMCore(INPUT, MANNConfig(compile_step=True))
     compiled.load_state_dict(eager.state_dict())
     gru = GRUCore(INPUT, 128)
+    attention = AttentionCore(INPUT, 128, layers=2, heads=4, context=steps)
     impls = {name: workloads(core, steps, 16, 64) for name, core in
-             (("mann eager", eager), ("mann compiled", compiled), ("rl2 gru", gru))}
+             (("mann eager", eager), ("mann compiled", compiled), ("rl2 gru", gru), ("rl2 attention", attention))}
 
     compile_s: dict[str, float] = {}
     for part in ("update", "rollout"):  # first calls: compilation (compiled), warm-up (others)
@@ -109,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for a, b in zip(got if isinstance(got, list) else [got], ref if isinstance(ref, list) else [ref], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         impls["rl2 gru"][part]()
+        impls["rl2 attention"][part]()
     runs: dict[str, dict[str, list[float]]] = {part: {name: [] for name in impls} for part in ("update", "rollout")}
     for r in range(rounds):
         order = list(impls) if r % 2 == 0 else list(reversed(impls))
@@ -120,13 +126,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows.append({"workload": part, "seconds": {name: summary(v) for name, v in by_name.items()},
                      "eager_over_compiled": paired_ratios(by_name["mann eager"], by_name["mann compiled"]),
                      "mann_compiled_over_gru": paired_ratios(by_name["mann compiled"], by_name["rl2 gru"]),
+                     "attention_over_gru": paired_ratios(by_name["rl2 attention"], by_name["rl2 gru"]),
                      "first_compiled_call_s": compile_s[part]})
         s = rows[-1]["eager_over_compiled"]
         print(f"{part}: eager / compiled {s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]", file=sys.stderr)
     payload = {
         "benchmark": "speed_memory_core", "quick": args.quick, "device": "cpu", "threads": 1,
         "workload": {"steps": steps, "update_trials": 16, "rollout_trials": 64, "input": INPUT,
-                     "mann": "LSTM 128, 16 slots x 16, 1 read head (MANNConfig defaults)", "gru": 128},
+                     "mann": "LSTM 128, 16 slots x 16, 1 read head (MANNConfig defaults)", "gru": 128,
+                     "attention": f"width 128, 2 blocks, 4 heads, window {steps}"},
         "rounds": rounds, "agreement": "compiled == eager outputs and gradients, rtol 1e-4 / atol 1e-5 (float32)",
         "load_average": {"before": before, "after": load_average()}, "rows": rows,
     }
@@ -135,19 +143,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def readme_table(d: dict[str, Any]) -> str:
-    lines = ["### Memory cores: MANN eager vs `--compile-step` (torch.compile), and RL²'s GRU (seconds, median "
-             "[min, max])", "",
+    attention = all("rl2 attention" in r["seconds"] for r in d["rows"])  # results from before it: no column
+    lines = ["### Memory cores: MANN eager vs `--compile-step` (torch.compile), and RL²'s GRU" +
+             (" and attention" if attention else "") + " (seconds, median [min, max])", "",
              f"`python benchmarks/speed/memory_core.py` ({machine_line(d)}); update = {d['workload']['steps']}-step "
              f"unroll + backward of {d['workload']['update_trials']} trials, rollout = {d['workload']['steps']} "
              f"steps of {d['workload']['rollout_trials']} trials without gradients", "",
              "| workload | MANN eager | MANN compiled | eager / compiled | first compiled call (empty cache) "
-             "| RL² GRU |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| RL² GRU |" + (" RL² attention | attention / GRU |" if attention else ""),
+             "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if attention else "")]
     for r in d["rows"]:
         s = r["seconds"]
         lines.append(f"| {r['workload']} | {fmt_spread(s['mann eager'], 3)} | {fmt_spread(s['mann compiled'], 3)} | "
                      f"{fmt_spread(r['eager_over_compiled'])}x | {r['first_compiled_call_s']:.0f} s | "
-                     f"{fmt_spread(s['rl2 gru'], 3)} |")
+                     f"{fmt_spread(s['rl2 gru'], 3)} |" +
+                     (f" {fmt_spread(s['rl2 attention'], 3)} | {fmt_spread(r['attention_over_gru'])}x |"
+                      if attention else ""))
     return "\n".join(lines)
 
 
