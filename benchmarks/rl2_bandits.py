@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from adaptation_common import machine_line
 
-from metarl.bandits import UCB1, Gittins, Greedy, Thompson, play
+from metarl.bandits import UCB1, Gittins, Greedy, Thompson, exploration_profile, play
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner
 from metarl.config import config_from_dict, config_to_dict
 from metarl.envs.bandit import BanditEnv
@@ -148,11 +148,20 @@ def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: in
     torch.manual_seed(0)
     ours = learner.adapt_many(tasks, 0, seed=0, episodes_per_step=1).stage_returns[:, 0]
     eval_s = time.perf_counter() - t0
+    # The same trials again, for the arms pulled (adapt_many reports returns only): how the agent explored.
+    torch.manual_seed(0)
+    batch = learner.collect(tasks, 1, 1, seed=0)
+    if not np.allclose(batch.rewards.sum(0).cpu().numpy(), ours):
+        raise RuntimeError("replaying the evaluation trials gave other rewards; the exploration profile would not "
+                           "describe the reported trials")
+    agent_arms = batch.actions.cpu().numpy().astype(np.int64).T  # [bandits, pulls]
     # The same bandits and reward draws with the most likely arm at every pull (a deterministic policy of
     # the history, as the Gittins index is): what the policy's leftover randomness costs or gains.
     greedy = learner.adapt_many(tasks, 0, seed=0, episodes_per_step=1, greedy=True).stage_returns[:, 0]
     classical = {"gittins": Gittins(), "ucb1": UCB1(c=0.2), "thompson": Thompson(), "greedy": Greedy(tie_break="first")}
-    totals = {name: play(s, probs, n_pulls, seed=0).total_reward for name, s in classical.items()}
+    trials = {name: play(s, probs, n_pulls, seed=0) for name, s in classical.items()}
+    totals = {name: trial.total_reward for name, trial in trials.items()}
+    arms = {agent: agent_arms, **{name: trial.arms for name, trial in trials.items()}}
     env_steps = sum(row.get("rollout/env_steps", 0.0) for row in curve)
     return {
         "agent": agent, "n_pulls": n_pulls, "n_arms": n_arms,
@@ -170,6 +179,8 @@ def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: in
         "at_or_above_gittins": bool(ours.mean() >= totals["gittins"].mean()),
         "paper": PAPER.get((n_pulls, n_arms), {}),
         "best_arm_total": float(n_pulls * probs.max(axis=1).mean()),
+        "exploration": {name: {k: mean_ci95(v).to_dict() for k, v in exploration_profile(a, probs).items()}
+                        for name, a in arms.items()},
         "curve": compact_curve(curve, ("rollout/return_mean", "meta/pre_adapt_return", "train/entropy",
                                        "train/entropy_coef", "time/iteration_s")),
     }
@@ -227,7 +238,35 @@ def readme_table(d: dict[str, Any]) -> str:
             f"{g['mean']:.1f} ± {g['ci95']:.1f} | {diff['mean']:+.1f} ± {diff['ci95']:.1f} | {greedy_s} | "
             f"{b['ucb1']['mean']:.1f} | {b['thompson']['mean']:.1f} | {paper_s} | "
             f"{e['iterations']}, {e['train_env_steps'] / 1e6:.1f}M | {e['train_wall_time_s'] / 60:.0f} min |")
-    return "\n".join([*heading, *lines])
+    return "\n".join([*heading, *lines, *exploration_table(d)])
+
+
+CLASSICAL_LABELS = {"gittins": "Gittins", "ucb1": "UCB1 (c = 0.2)", "thompson": "Thompson", "greedy": "greedy"}
+
+
+def exploration_table(d: dict[str, Any]) -> list[str]:
+    """How the agents and the classical strategies explored the same test bandits (entries that recorded it)."""
+    entries = sorted((e for e in d["entries"].values() if "exploration" in e),
+                     key=lambda e: (-e["n_pulls"], e["n_arms"], agent_label(e)))
+    if not entries:
+        return []
+    lines = ["", "How they explored the same test bandits (mean ± 95% CI over bandits; `metarl.bandits."
+             "exploration_profile`): distinct arms pulled in the first 10 pulls and in the whole trial, the share "
+             "of the second half's pulls on the best arm, and the share of bandits whose second half mostly pulls "
+             "an arm that is not the best.", "",
+             "| n, k | strategy | arms tried, first 10 pulls | arms tried, whole trial | best arm, second half | "
+             "mostly off the best arm |", "| --- | --- | --- | --- | --- | --- |"]
+    settings = list(dict.fromkeys((e["n_pulls"], e["n_arms"]) for e in entries))
+    for n, k in settings:
+        group = [e for e in entries if (e["n_pulls"], e["n_arms"]) == (n, k)]
+        rows = [(agent_label(e), e["exploration"][e["agent"]]) for e in group]
+        # the classical strategies once per setting: every entry of it played them on the same bandits and rewards
+        rows += [(label, group[0]["exploration"][name]) for name, label in CLASSICAL_LABELS.items()
+                 if name in group[0]["exploration"]]
+        lines += [f"| {n}, {k} | {label} | " + " | ".join(f"{m[key]['mean']:.2f} ± {m[key]['ci95']:.2f}" for key in
+                                                        ("arms_tried_first", "arms_tried", "best_arm_late",
+                                                         "off_best_late")) + " |" for label, m in rows]
+    return lines
 
 
 def entry_name(agent: str, config: dict[str, Any]) -> str:

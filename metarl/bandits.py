@@ -91,7 +91,7 @@ from metarl.rng import key_from_seed, uniform
 __all__ = [
     "BanditStrategy", "RandomArm", "EpsilonGreedy", "Greedy", "UCB1", "Thompson", "Gittins",
     "TrialResult", "play", "play_env", "argmax_random_ties", "GittinsTable", "gittins_index_table",
-    "gittins_index", "default_gittins_gamma",
+    "gittins_index", "default_gittins_gamma", "exploration_profile",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -535,6 +535,40 @@ class TrialResult:
     def regret(self) -> FloatArray:
         """``[B]`` pseudo-regret ``n * max_i p_i - expected_reward``."""
         return self.arms.shape[1] * self.probs.max(axis=1) - self.expected_reward
+
+
+def exploration_profile(arms: npt.ArrayLike, probs: npt.ArrayLike, first: int = 10) -> dict[str, FloatArray]:
+    """How a trial's pulls explored, per bandit: what separates a strategy that learned to explore from a
+    greedy one with the same total reward.
+
+    ``arms [B, n]`` pulled arms (any strategy or agent), ``probs [B, k]``. Returns ``[B]`` arrays:
+
+    - ``arms_tried_first``: distinct arms among the first ``min(first, n)`` pulls;
+    - ``arms_tried``: distinct arms over the whole trial;
+    - ``best_arm_late``: fraction of the second half's pulls (pulls ``n // 2`` on) on a best arm;
+    - ``off_best_late``: 1 when the arm pulled most in the second half (lowest index on ties) is not a best arm.
+    """
+    a, p = np.asarray(arms), _check_probs(probs)
+    if a.ndim != 2 or a.shape[0] != p.shape[0] or a.shape[1] < 2 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"arms must be an integer array [B, n >= 2] with B = {p.shape[0]} (one row per bandit of "
+                         f"probs), got {a.dtype} {a.shape}")
+    if a.min() < 0 or a.max() >= p.shape[1]:
+        raise ValueError(f"arms must be in [0, {p.shape[1]}) for {p.shape[1]}-armed bandits, got values in "
+                         f"[{a.min()}, {a.max()}]")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise ValueError(f"first must be an int >= 1 pulls, got {first!r}")
+    k, n = p.shape[1], a.shape[1]
+    pulled = np.zeros((a.shape[0], k), dtype=bool)
+    np.put_along_axis(pulled, a, True, axis=1)
+    early = np.zeros_like(pulled)
+    np.put_along_axis(early, a[:, :first], True, axis=1)
+    best = p == p.max(axis=1, keepdims=True)  # [B, k]
+    late = a[:, n // 2:]
+    counts = np.stack([(late == i).sum(1) for i in range(k)], axis=1)  # [B, k]
+    on_best = np.take_along_axis(best, late, axis=1)
+    mode = counts.argmax(axis=1)
+    return {"arms_tried_first": early.sum(1).astype(np.float64), "arms_tried": pulled.sum(1).astype(np.float64),
+            "best_arm_late": on_best.mean(1), "off_best_late": (~best[np.arange(len(mode)), mode]).astype(np.float64)}
 
 
 def _check_probs(probs: npt.ArrayLike) -> FloatArray:

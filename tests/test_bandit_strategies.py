@@ -21,6 +21,7 @@ from metarl.bandits import (
     Thompson,
     argmax_random_ties,
     default_gittins_gamma,
+    exploration_profile,
     gittins_index,
     gittins_index_table,
     play,
@@ -265,3 +266,29 @@ def test_bandit_baselines_benchmark_quick(tmp_path):
     assert results["gittins"]["mean"] > results["random"]["mean"] + 15
     assert data["target"]["checks"]
     assert "| n=100, k=5 |" in proc.stdout
+
+
+def test_exploration_profile_by_hand() -> None:
+    # bandit 0: tries arms 0, 1 in its first 2 pulls, 3 arms in all; second half (pulls 3-5) all on arm 2, the best.
+    # bandit 1: only arm 3; best is arm 0, so its second half is off the best arm.
+    # bandit 2: two best arms (1, 2); second half 1, 0, 2 ties arms 0, 1, 2 and the lowest index, 0, is not best.
+    arms = np.array([[0, 1, 1, 2, 2, 2], [3, 3, 3, 3, 3, 3], [2, 3, 2, 1, 0, 2]])
+    probs = np.array([[0.1, 0.2, 0.9, 0.0], [0.5, 0.1, 0.2, 0.3], [0.3, 0.8, 0.8, 0.1]])
+    got = exploration_profile(arms, probs, first=2)
+    np.testing.assert_array_equal(got["arms_tried_first"], [2, 1, 2])
+    np.testing.assert_array_equal(got["arms_tried"], [3, 1, 4])
+    np.testing.assert_allclose(got["best_arm_late"], [1.0, 0.0, 2 / 3])
+    np.testing.assert_array_equal(got["off_best_late"], [0.0, 1.0, 1.0])
+    # first longer than the trial: every pull counts
+    np.testing.assert_array_equal(exploration_profile(arms, probs, first=50)["arms_tried_first"], [3, 1, 4])
+
+
+@pytest.mark.parametrize(("arms", "message"), [
+    (np.zeros((2, 5), dtype=np.int64), r"one row per bandit"),
+    (np.zeros((3, 1), dtype=np.int64), r"n >= 2"),
+    (np.zeros((3, 5)), r"integer array"),
+    (np.full((3, 5), 4), r"in \[0, 4\)"),
+])
+def test_exploration_profile_rejects_bad_arms(arms: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        exploration_profile(arms, np.full((3, 4), 0.5))

@@ -241,6 +241,12 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
     d = json.loads(out.read_text())
     assert d["provenance"]["wall_time_s"] > 0 and "machine" in d["provenance"]
     assert "|" in proc.stdout  # the README table rendered by the script's readme_table
+    if script == "rl2_bandits.py":  # how the agent and the classical strategies explored the same bandits
+        entry = next(iter(d["entries"].values()))
+        profile = entry["exploration"]
+        assert set(profile) == {entry["agent"], "gittins", "ucb1", "thompson", "greedy"}
+        assert all(1 <= m["arms_tried_first"]["mean"] <= m["arms_tried"]["mean"] <= 3 for m in profile.values())
+        assert "How they explored" in proc.stdout
     if script == "rl2_tabular.py":  # greedy actions and the classical strategies on the same test MDPs
         entry = next(iter(d["entries"].values()))
         assert entry["result_greedy"]["n"] == entry["classical"]["greedy"]["n"] == entry["classical"]["psrl"]["n"]
