@@ -275,9 +275,11 @@ def entry_name(agent: str, config: dict[str, Any]) -> str:
 
 
 def agent_label(entry: dict[str, Any]) -> str:
-    """The README's name of an entry's agent: ``RL2``, ``MANN``, ``RL2 (attention)``."""
-    core = entry.get("config", {}).get("core", "gru")
-    return entry["agent"].upper() + (f" ({core})" if core != "gru" else "")
+    """The README's name of an entry's agent: ``RL2``, ``MANN``, ``RL2 (attention)``, ``RL2 (separate value core)``."""
+    config = entry.get("config", {})
+    notes = [config["core"]] if config.get("core", "gru") != "gru" else []
+    notes += ["separate value core"] if config.get("value_core") == "separate" else []
+    return entry["agent"].upper() + (f" ({', '.join(notes)})" if notes else "")
 
 
 def merge_entry(path: Path, key: str, entry: dict[str, Any], setup: dict[str, Any], wall: float) -> dict[str, Any]:
