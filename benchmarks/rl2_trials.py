@@ -33,8 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import (  # noqa: E402
+    agent_label,
     check_run_args,
     compact_curve,
+    entry_name,
     memory_agent_parser,
     merge_entry,
     resume_fields,
@@ -64,7 +66,8 @@ def maml_reference() -> dict[str, Any] | None:
 
 
 def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int, seed: int, quick: bool,
-            overrides: dict[str, Any], run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+            overrides: dict[str, Any], out_dir: Path, run_dir: Path | None = None,
+            resume: bool = False) -> dict[str, Any]:
     env, n_test = ENVS[name]
     maml = maml_reference() if name == "navigation" else None
     task_seed = int(maml["setup"].get("task_seed", 0)) if maml else 0
@@ -81,7 +84,8 @@ def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int
     ours = learner.adapt_many(tasks, n_episodes - 1, seed=0, episodes_per_step=trials).stage_returns
     random_agent, _ = build_learner("random", env, {}, {}, 0, "cpu")
     rand = random_agent.adapt_many(tasks, n_episodes - 1, seed=0, episodes_per_step=trials).stage_returns
-    curves = {agent.upper(): Curve(agent.upper(), ours, "episodes"), "random policy": Curve("random policy", rand)}
+    label = agent_label({"agent": agent, "config": config_to_dict(config)})
+    curves = {label: Curve(label, ours, "episodes"), "random policy": Curve("random policy", rand)}
     entry: dict[str, Any] = {
         "agent": agent, "env": env, "n_episodes": n_episodes, "config": config_to_dict(config),
         "iterations": iterations, "train_env_steps": sum(r.get("rollout/env_steps", 0.0) for r in curve),
@@ -99,8 +103,10 @@ def run_env(agent: str, name: str, iterations: int, n_episodes: int, trials: int
         gain = ours[:, 1:].mean(1) - ours[:, 0]
         entry["later_minus_episode1"] = mean_ci95(gain).to_dict()
     refs = {f"MAML-RL ({k}, per gradient step)": v["mean"] for k, v in (maml or {"curves": {}})["curves"].items()}
-    png = RESULTS.with_name(f"rl2_trials_{name}.png") if not quick else Path(tempfile.mkdtemp()) / "trials.png"
-    plot_curves(curves, png, f"{agent.upper()} on {env.split('/')[-1]}: return per episode ({n_test} test tasks)",
+    # beside the results file; the GRU RL² keeps its plain name (rl2_trials_navigation.png), others are named
+    own = entry_name(agent, config_to_dict(config))
+    png = out_dir / (f"rl2_trials_{name}.png" if own == "rl2" else f"rl2_trials_{own}_{name}.png")
+    plot_curves(curves, png, f"{label} on {env.split('/')[-1]}: return per episode ({n_test} test tasks)",
                 stage_label="episode of the trial (0 = first) / MAML-RL: gradient steps", references=refs)
     entry["png"] = png.name
     return entry
@@ -142,11 +148,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides = {**tiny(args.agent, 3), **overrides}
         out = args.out or Path(tempfile.mkdtemp()) / "rl2_trials.json"
     t0 = time.perf_counter()
-    entry = run_env(args.agent, args.env, iterations, args.n, trials, args.seed, args.quick, overrides, args.run_dir,
-                    args.resume)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the plot is written beside the results file, first
+    entry = run_env(args.agent, args.env, iterations, args.n, trials, args.seed, args.quick, overrides, out.parent,
+                    args.run_dir, args.resume)
     setup = {"metric": "return per episode within a trial, mean ± 95% CI over test tasks",
              "reference": "MAML-RL curve from benchmarks/results/maml_rl_navigation.json (as committed)"}
-    final = merge_entry(out, f"{args.agent}_{args.env}", entry, setup, time.perf_counter() - t0)
+    final = merge_entry(out, f"{entry_name(args.agent, entry['config'])}_{args.env}", entry, setup,
+                        time.perf_counter() - t0)
     print(readme_table(final))
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return final
