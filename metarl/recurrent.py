@@ -117,6 +117,14 @@ class RecurrentActorCritic(nn.Module):
     in the trial (Pardo et al. 2018, "Time Limits in Reinforcement Learning": in a fixed-length trial the
     value depends on the time left, which a GRU would have to learn to count). Only the value reads it;
     the policy's inputs stay RL²'s.
+
+    ``task_dim > 0`` makes the value head task-informed: ``V(h_t, t, z_M)`` with ``z_M`` the task's parameters
+    (:meth:`metarl.types.Task.features`, e.g. a bandit's arm probabilities), known in training only. Only the
+    value reads them (an asymmetric critic, Pinto et al. 2018, "Asymmetric Actor Critic for Image-Based Robot
+    Learning"; privileged task information in meta-RL training, Humplik et al. 2019, "Meta reinforcement
+    learning as task inference"). The advantage stays unbiased: a baseline may depend on anything but the
+    action, and ``a_t`` is drawn from ``pi(. | h_t)`` whatever the task. Without the features (``task=None``,
+    e.g. an adapted policy acting) the values are NaN: nothing may read them.
     """
 
     value_mean: torch.Tensor
@@ -125,7 +133,7 @@ class RecurrentActorCritic(nn.Module):
 
     def __init__(self, core: nn.Module, observation_space: gymnasium.Space, action_space: gymnasium.Space,
                  init_std: float = 1.0, time_scale: float = 0.0, normalize_values: bool = False,
-                 value_core: nn.Module | None = None) -> None:
+                 value_core: nn.Module | None = None, task_dim: int = 0) -> None:
         super().__init__()
         self.normalize_values = bool(normalize_values)
         # Running statistics of the value targets (float64: they accumulate over the whole run).
@@ -147,7 +155,8 @@ class RecurrentActorCritic(nn.Module):
         self.log_std = None if self.discrete else nn.Parameter(torch.full((width,), math.log(init_std)))
         self.time_scale = float(time_scale)
         h_v = h if value_core is None else int(value_core.output_size)  # type: ignore[arg-type]
-        self.v = nn.Linear(h_v + (1 if self.time_scale > 0 else 0), 1)
+        self.task_dim = int(task_dim)
+        self.v = nn.Linear(h_v + (1 if self.time_scale > 0 else 0) + self.task_dim, 1)
 
     def _device(self) -> torch.device:
         return self.v.weight.device
@@ -159,10 +168,11 @@ class RecurrentActorCritic(nn.Module):
             return state
         return torch.cat([state, self.value_core.initial_state(batch, self._device())], -1)  # type: ignore[operator]
 
-    def heads(self, out: torch.Tensor, time: torch.Tensor,
-              value_out: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
-        """Core outputs ``[..., H]`` and step indices ``[...]`` -> action distribution (batch shape ``[...]``)
-        and values ``[...]``; the value head reads ``value_out`` (the value core's outputs) when given."""
+    def heads(self, out: torch.Tensor, time: torch.Tensor, value_out: torch.Tensor | None = None,
+              task: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
+        """Core outputs ``[..., B, H]`` and step indices ``[..., B]`` -> action distribution (batch shape
+        ``[..., B]``) and values ``[..., B]``; the value head reads ``value_out`` (the value core's outputs) when
+        given, and each column's task features ``task [B, F]`` when it is task-informed."""
         if self.log_std is None:
             dist = CategoricalMLPPolicy.make_distribution(self.pi(out))
         else:
@@ -171,6 +181,13 @@ class RecurrentActorCritic(nn.Module):
         v_in = out if value_out is None else value_out
         if self.time_scale > 0:
             v_in = torch.cat([v_in, (time.to(v_in.dtype) / self.time_scale)[..., None]], -1)
+        if self.task_dim > 0:
+            if task is None:  # e.g. an adapted policy acting on a new task: no privileged information
+                return dist, torch.full(out.shape[:-1], math.nan, dtype=out.dtype, device=out.device)
+            if task.shape != (*v_in.shape[-2:-1], self.task_dim):
+                raise ValueError(f"task features must have shape [B, {self.task_dim}] = "
+                                 f"{[*v_in.shape[-2:-1], self.task_dim]}, got {list(task.shape)}")
+            v_in = torch.cat([v_in, task.to(v_in.dtype).expand(*v_in.shape[:-1], self.task_dim)], -1)
         values = self.v(v_in).squeeze(-1)
         if self.normalize_values:
             values = values * self.value_std.to(values.dtype) + self.value_mean.to(values.dtype)
@@ -206,20 +223,21 @@ class RecurrentActorCritic(nn.Module):
         value_out, s_v = getattr(self.value_core, method)(inputs, state[..., self._split:])
         return out, value_out, torch.cat([s_pi, s_v], -1)
 
-    def step(self, inputs: torch.Tensor, state: torch.Tensor,
-             time: torch.Tensor) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
+    def step(self, inputs: torch.Tensor, state: torch.Tensor, time: torch.Tensor,
+             task: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
         out, value_out, state = self._run_cores("step", inputs, state)
-        dist, values = self.heads(out, time, value_out)
+        dist, values = self.heads(out, time, value_out, task)
         return dist, values, state
 
-    def evaluate(self, inputs: torch.Tensor, state: torch.Tensor,
-                 time: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
+    def evaluate(self, inputs: torch.Tensor, state: torch.Tensor, time: torch.Tensor | None = None,
+                 task: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
         """Unroll ``inputs [T, B, D_in]`` from ``state [B, S]``: distribution ``[T, B]``, values ``[T, B]`` and
-        the final state. ``time [T, B]``: step indices in the trial (default ``0 ... T - 1``)."""
+        the final state. ``time [T, B]``: step indices in the trial (default ``0 ... T - 1``); ``task [B, F]``:
+        each column's task features (a task-informed value head's)."""
         if time is None:
             time = torch.arange(inputs.shape[0], device=inputs.device)[:, None].expand(inputs.shape[:2])
         out, value_out, final = self._run_cores("unroll", inputs, state)
-        dist, values = self.heads(out, time, value_out)
+        dist, values = self.heads(out, time, value_out, task)
         return dist, values, final
 
 
@@ -280,6 +298,8 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
             "returns": returns, "mask": batch.mask, "time": time}
     data = {k: to_chunks(v, batch.chunk) for k, v in cols.items()}
     states = batch.initial_states.reshape(-1, batch.initial_states.shape[-1])  # [C * B, S], chunk-major
+    # Each chunk column's task features (row 0 of every chunk lies inside its trial).
+    task = to_chunks(batch.task_features.expand(t, -1, -1), batch.chunk)[0] if model.task_dim > 0 else None
     keep = (data["mask"].sum(0) > 0).nonzero(as_tuple=True)[0]  # chunks past a short trial's end hold nothing
     n_cols = int(keep.numel())
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
@@ -288,7 +308,8 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
         perm = keep[torch.randperm(n_cols, device=keep.device)]
         for idx in perm.chunk(min(s.minibatches, n_cols)):
             m = data["mask"][:, idx]
-            dist, values, _ = model.evaluate(data["inputs"][:, idx], states[idx], data["time"][:, idx])
+            dist, values, _ = model.evaluate(data["inputs"][:, idx], states[idx], data["time"][:, idx],
+                                             None if task is None else task[idx])
             terms = clipped_surrogate_loss(dist.log_prob(data["actions"][:, idx]), data["log_probs"][:, idx],
                                            data["adv"][:, idx], s.clip, m)
             v_loss = value_loss(values, data["returns"][:, idx], m) / value_scale  # in normalised units
@@ -348,6 +369,8 @@ class TrialPPOConfig:
     value_core: str = option("shared", "shared: the value head reads the policy's memory core; separate: its own "
                                        "core of the same kind and size (the RL² authors' code: a separate "
                                        "recurrent baseline)")
+    task_informed_value: bool = option(False, "the value head also reads the task's parameters (Task.features(); "
+                                              "training only, the policy never sees them: an asymmetric critic)")
     adapt_trials: int = option(1, "trials per task at evaluation when the caller gives none")
 
     def __post_init__(self) -> None:
@@ -440,8 +463,11 @@ class TrialPPOLearner:
         core = make_core(input_size)
         value_core = make_core(input_size) if config.value_core == "separate" else None
         time_scale = float(config.episodes_per_trial * envs.horizon) if config.time_aware_value else 0.0
+        # The features' width, from one task of the family (every task of a family has the same fields).
+        task_dim = len(envs.sample_tasks(1, np.random.default_rng(0))[0].features()) \
+            if config.task_informed_value else 0
         self.model = RecurrentActorCritic(core, envs.observation_space, envs.action_space, config.init_std, time_scale,
-                                          config.normalize_values, value_core)
+                                          config.normalize_values, value_core, task_dim)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.steps_done = 0
@@ -450,7 +476,8 @@ class TrialPPOLearner:
                 greedy: bool = False) -> TrialBatch:
         venv = self.envs.vector(len(tasks) * trials_per_task)
         return collect_trials(venv, self.model, tasks, trials_per_task, n_episodes, seed, self.envs.horizon,
-                              self.config.bptt_chunk, self.config.reward_scale, self.device, greedy)
+                              self.config.bptt_chunk, self.config.reward_scale, self.device, greedy,
+                              task_features=self.model.task_dim > 0)
 
     def meta_train_step(self, tasks: Sequence[Task]) -> dict[str, float]:
         c = self.config

@@ -26,7 +26,7 @@ from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from metarl.types import Task
+from metarl.types import Task, flat_numbers
 
 Split = Literal["train", "test", "ood"]
 SPLITS: tuple[str, ...] = ("train", "test", "ood")
@@ -188,6 +188,10 @@ class DictTask(Task):
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.params)
+
+    def features(self) -> tuple[float, ...]:
+        """The entries' values in key order, flattened (:meth:`Task.features`); the keys are not features."""
+        return tuple(x for k, v in self.params for x in flat_numbers(v, f"task entry {k!r}"))
 
     def __getitem__(self, key: str) -> Any:
         for k, v in self.params:

@@ -113,6 +113,8 @@ class TrialBatch:
         final_states: ``[B, S]`` memory state after the trial's last step.
         last_action: ``[B, A_in]`` encoded last action of each trial (to continue a trial).
         task_index: ``[B]`` long.
+        task_features: ``[B, F]`` each trial's task parameters (:meth:`metarl.types.Task.features`) when the
+            rollout was asked for them (a task-informed value head reads them), else ``[B, 0]``.
         n_episodes: episodes per trial; chunk: rows per BPTT chunk.
         complete: ``[B]`` bool, the trial ran all its episodes (False only if the rollout hit its
             step cap because an env never ended an episode).
@@ -131,6 +133,7 @@ class TrialBatch:
     final_states: torch.Tensor
     last_action: torch.Tensor
     task_index: torch.Tensor
+    task_features: torch.Tensor
     n_episodes: int
     chunk: int
     complete: torch.Tensor
@@ -165,7 +168,7 @@ class TrialBatch:
             v = getattr(self, f.name)
             if f.name in ("n_episodes", "chunk"):
                 out[f.name] = v
-            elif f.name in ("final_states", "last_action", "task_index", "complete"):
+            elif f.name in ("final_states", "last_action", "task_index", "task_features", "complete"):
                 out[f.name] = v[columns]
             else:
                 out[f.name] = v[:, columns]
@@ -182,6 +185,16 @@ def _scatter(values: torch.Tensor, real: torch.Tensor, pos: torch.Tensor, length
     return out
 
 
+def _task_features(tasks: Sequence[Task], device: torch.device | str) -> torch.Tensor:
+    """``[B, F]``: every task's :meth:`~metarl.types.Task.features`, which must have one length."""
+    rows = [task.features() for task in tasks]
+    widths = sorted({len(r) for r in rows})
+    if len(widths) > 1:
+        raise ValueError(f"the tasks' features() have different lengths {widths}; a task-informed value head needs "
+                         "one length for every task of the family (pad or override Task.features())")
+    return torch.tensor(rows, dtype=torch.float32, device=device).reshape(len(tasks), widths[0] if widths else 0)
+
+
 def greedy_actions(dist: Distribution) -> torch.Tensor:
     """The most likely action of each row, ``dist.mode``: the argmax of a categorical, the mean of a Gaussian.
 
@@ -196,7 +209,8 @@ def greedy_actions(dist: Distribution) -> torch.Tensor:
 
 def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: Sequence[Task],
                    trials_per_task: int, n_episodes: int, seed: int, horizon: int, chunk: int = 0,
-                   reward_scale: float = 1.0, device: torch.device | str = "cpu", greedy: bool = False) -> TrialBatch:
+                   reward_scale: float = 1.0, device: torch.device | str = "cpu", greedy: bool = False,
+                   task_features: bool = False) -> TrialBatch:
     """Run one trial of ``n_episodes`` episodes in every column, all columns in one batched env.
 
     ``venv.num_envs`` must equal ``len(tasks) * trials_per_task``. The env is reset with ``seed``
@@ -205,7 +219,8 @@ def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: 
     autoreset steps), cutting (with a warning) any trial an env never ended. ``chunk``: rows per BPTT
     chunk whose initial states are stored (0: the whole trial is one chunk). ``greedy``: take the most
     likely action (Gaussian: the mean) instead of sampling, for evaluation; ``log_probs`` are still the
-    policy's log-probabilities of the actions taken.
+    policy's log-probabilities of the actions taken. ``task_features``: pass each column's task parameters
+    ``[B, F]`` to ``model.step(..., task=...)`` (a task-informed value head) and store them in the batch.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1 episode per trial, got {n_episodes}")
@@ -219,6 +234,8 @@ def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: 
     obs_space, act_space = venv.single_observation_space, venv.single_action_space
     max_raw = n_episodes * (horizon + 1)
     step_chunk = chunk if chunk > 0 else max_raw
+    feats = _task_features(columns, device) if task_features else torch.zeros(b, 0, device=device)
+    task_kw = {"task": feats} if task_features else {}
     venv.set_tasks(columns)  # type: ignore[attr-defined]
     raw_obs, _ = venv.reset(seed=seed)
     state = model.initial_state(b)
@@ -244,7 +261,7 @@ def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: 
                 idx = starts.nonzero(as_tuple=True)[0]
                 initial_states[pos[idx] // step_chunk, idx] = state[idx]
             with torch.no_grad():
-                dist, values, new_state = model.step(x, state, pos)
+                dist, values, new_state = model.step(x, state, pos, **task_kw)
                 actions = greedy_actions(dist) if greedy else dist.sample()
                 log_probs = dist.log_prob(actions)
             # (A copy of the whole state only when some column is resetting: large states, e.g. an attention
@@ -285,7 +302,7 @@ def collect_trials(venv: gymnasium.vector.VectorEnv, model: MemoryModel, tasks: 
         inputs=out["inputs"], actions=out["actions"], log_probs=out["log_probs"], values=out["values"],
         rewards=out["rewards"], mask=mask, episode=out["episode"], episode_end=out["ended"],
         terminated=out["terminated"], initial_states=initial_states[:n_chunks].clone(), final_states=state,
-        last_action=prev_action, task_index=torch.arange(b, device=device) // trials_per_task,
+        last_action=prev_action, task_index=torch.arange(b, device=device) // trials_per_task, task_features=feats,
         n_episodes=n_episodes, chunk=step_chunk if chunk > 0 else max(length, 1), complete=finished.clone(),
     )
 

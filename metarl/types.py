@@ -30,6 +30,16 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def flat_numbers(value: Any, where: str) -> list[float]:
+    """The numbers of a (nested) task value, depth first; ``where`` names it in the error."""
+    if isinstance(value, (bool, int, float)):
+        return [float(value)]
+    if isinstance(value, (tuple, list)):
+        return [x for i, v in enumerate(value) for x in flat_numbers(v, f"{where}[{i}]")]
+    raise TypeError(f"{where} is a {type(value).__name__} ({value!r}), not a number: Task.features() flattens "
+                    "numeric fields only; override features() on the task class to encode it")
+
+
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
@@ -47,6 +57,17 @@ class Task:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def features(self) -> tuple[float, ...]:
+        """The task's parameters as one flat tuple of floats: every field in declaration order, nested tuples
+        depth first (a bandit's arm probabilities, a tabular MDP's mean rewards then transitions).
+
+        Read by learners that may use privileged task information in training only, e.g. a task-informed
+        critic (:class:`metarl.recurrent.RecurrentActorCritic`). A task with non-numeric fields raises
+        ``TypeError``; such a class overrides this method.
+        """
+        return tuple(x for f in dataclasses.fields(self)
+                     for x in flat_numbers(getattr(self, f.name), f"{type(self).__name__}.{f.name}"))
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -169,6 +169,27 @@ def test_dict_sampler_gives_dict_tasks() -> None:
     check_task_family(family)
 
 
+def test_task_features_flatten_the_numeric_fields_in_order() -> None:
+    from metarl.envs.bandit import BanditTask
+    from metarl.envs.tabular_mdp import TabularMDPTask
+
+    assert BanditTask(probs=(0.25, 0.5, 1.0)).features() == (0.25, 0.5, 1.0)
+    mdp = TabularMDPTask(rewards=((1.0, 2.0),), transitions=(((1.0,), (1.0,)),))  # 1 state, 2 actions
+    assert mdp.features() == (1.0, 2.0, 1.0, 1.0)  # mean rewards, then transitions, depth first
+    # A dict task: the values in key order (the keys sort "a" < "b"), nested lists flattened, bools as 0/1.
+    assert DictTask.from_mapping({"b": [3, [4.5]], "a": True}).features() == (1.0, 3.0, 4.5)
+    with pytest.raises(TypeError, match=r"task entry 'tag'\[1\] is a str \('x'\), not a number.*override features"):
+        DictTask.from_mapping({"mass": 1.0, "tag": [1, "x"]}).features()
+
+    @dataclasses.dataclass(frozen=True)
+    class Named(Task):
+        family: ClassVar[str] = "named"
+        name: str = "a"
+
+    with pytest.raises(TypeError, match=r"Named.name is a str"):
+        Named().features()
+
+
 def test_ood_split_and_horizon_override() -> None:
     family = pendulum_family(ood_sample=lambda rng: MassTask(float(rng.uniform(3.0, 4.0))), max_episode_steps=5)
     env = family.make()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -125,6 +126,52 @@ def test_a_separate_value_core_trains_adapts_and_round_trips(tmp_path: Path) -> 
     assert main(["train", "rl2", "--env", "metarl/Bandit-v0", "--env-kwarg", "n_pulls=6", "--value-core", "separate",
                  "--out", str(run), *TINY]) == 0
     assert json.loads((run / "config.json").read_text())["algo_config"]["value_core"] == "separate"
+
+
+def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: Path) -> None:
+    """task_informed_value: the value head reads each trial's task parameters, stored with the batch; the update
+    recomputes the rollout's values from them (whole trials and BPTT chunks); the policy ignores them; an
+    adapted policy acting without the task gets NaN values; the CLI option and the checkpoint work."""
+    agent = _agent(task_informed_value=True, bptt_chunk=4)
+    assert agent.model.task_dim == 3 and agent.model.v.in_features == 8 + 1 + 3  # GRU, time, 3 arm probabilities
+    tasks = agent.envs.sample_tasks(4, np.random.default_rng(0))
+    batch = agent.collect(tasks, 2, 2, seed=0)
+    expected = torch.tensor([t.features() for t in tasks for _ in range(2)])
+    torch.testing.assert_close(batch.task_features, expected)
+    m = batch.mask > 0
+    with torch.no_grad():
+        dist, values, _ = agent.model.evaluate(batch.inputs, batch.initial_states[0], task=batch.task_features)
+        torch.testing.assert_close(values[m], batch.values[m])
+        other, values_other, _ = agent.model.evaluate(batch.inputs, batch.initial_states[0],
+                                                      task=1.0 - batch.task_features)
+        torch.testing.assert_close(other.logits, dist.logits, rtol=0, atol=0)  # the policy never sees the task
+        assert not torch.allclose(values_other[m], values[m])
+        _, blind, _ = agent.model.evaluate(batch.inputs, batch.initial_states[0])
+        assert torch.isnan(blind).all()
+        with pytest.raises(ValueError, match=r"task features must have shape \[B, 3\] = \[8, 3\], got \[8, 2\]"):
+            agent.model.evaluate(batch.inputs, batch.initial_states[0], task=batch.task_features[:, :2])
+    # The update unrolls 4-row chunks: before its first step the chunks' values equal the rollout's, which the
+    # first epoch's value loss shows (a wrong task row for a chunk would change it).
+    from metarl.recurrent import recurrent_ppo_update, trial_advantages
+
+    raw = _agent(task_informed_value=True, bptt_chunk=4, normalize_values=False)  # values in raw units
+    raw_batch = raw.collect(tasks, 2, 2, seed=0)
+    settings = dataclasses.replace(raw.config.ppo_settings(0), epochs=1, minibatches=1)
+    adv = trial_advantages(raw_batch.rewards, raw_batch.values, raw_batch.mask, settings.gamma, settings.gae_lambda)
+    rm = raw_batch.mask > 0
+    want = float(value_loss(raw_batch.values[rm], (adv + raw_batch.values)[rm]))
+    stats = recurrent_ppo_update(raw.model, torch.optim.SGD(raw.model.parameters(), lr=0.0), raw_batch, settings)
+    assert stats["train/value_loss"] == pytest.approx(want, rel=1e-5)
+    agent.meta_train_step(tasks)
+    policy = agent.adapt_many(tasks[:1], 1, seed=0).adapted[0]
+    policy.act(np.zeros(1, dtype=np.float32))
+    clone = _agent(task_informed_value=True, bptt_chunk=4)
+    clone.load_state_dict(agent.state_dict())
+    torch.testing.assert_close(clone.model.state_dict(), agent.model.state_dict(), rtol=0, atol=0)
+    run = tmp_path / "run"
+    assert main(["train", "rl2", "--env", "metarl/Bandit-v0", "--env-kwarg", "n_pulls=6", "--task-informed-value",
+                 "true", "--out", str(run), *TINY]) == 0
+    assert json.loads((run / "config.json").read_text())["algo_config"]["task_informed_value"] is True
 
 
 def test_box_actions_train_and_adapt() -> None:
