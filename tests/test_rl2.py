@@ -133,7 +133,7 @@ def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: 
     recomputes the rollout's values from them (whole trials and BPTT chunks); the policy ignores them; an
     adapted policy acting without the task gets NaN values; the CLI option and the checkpoint work."""
     agent = _agent(task_informed_value=True, bptt_chunk=4)
-    assert agent.model.task_dim == 3 and agent.model.v.in_features == 8 + 1 + 3  # GRU, time, 3 arm probabilities
+    assert agent.model.task_dim == 3 and agent.model.v[0].in_features == 8 + 1 + 3  # GRU, time, 3 arm probabilities
     tasks = agent.envs.sample_tasks(4, np.random.default_rng(0))
     batch = agent.collect(tasks, 2, 2, seed=0)
     expected = torch.tensor([t.features() for t in tasks for _ in range(2)])
