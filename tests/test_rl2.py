@@ -172,6 +172,25 @@ def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: 
     assert main(["train", "rl2", "--env", "metarl/Bandit-v0", "--env-kwarg", "n_pulls=6", "--task-informed-value",
                  "true", "--out", str(run), *TINY]) == 0
     assert json.loads((run / "config.json").read_text())["algo_config"]["task_informed_value"] is True
+    # The offline critic study reads such a kept run (smoke), and its least-squares fit is exact on linear data.
+    import subprocess
+    import sys
+
+    out = tmp_path / "fit.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rl2_critic_fit.py"), str(run), "--quick", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["entries"]["run"]["squared_error_per_step"]
+    assert len(rows) == 7 and all(np.isfinite(r["mean"]) and r["n"] == 16 for r in rows.values()), rows
+    assert "| critic" in proc.stdout
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from rl2_critic_fit import fit_and_score
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    x = torch.randn(5, 8, 3)
+    err = fit_and_score(x, x @ torch.tensor([1.0, -2.0, 0.5]) + 3.0, slice(0, 6), slice(6, 8), hidden=0, steps=1)
+    assert err.shape == (5, 2) and float(err.max()) < 1e-8
 
 
 def test_box_actions_train_and_adapt() -> None:
