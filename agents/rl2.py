@@ -34,6 +34,9 @@ Choices where codebases differ, and ours:
 - Value function: ``value_core="shared"`` (default) puts the linear value head on the policy's GRU (one
   core, two heads); ``"separate"`` gives the value head a GRU of its own that reads the same inputs, as
   the RL² authors' code does (a separate recurrent baseline network in their rllab sandbox).
+  ``task_informed_value=True`` lets the value head (then an MLP) also read the task's parameters in training, an
+  asymmetric critic the policy never sees (:class:`metarl.recurrent.RecurrentActorCritic`); off by default (on
+  the n=100, k=5 bandits it did not help: ``benchmarks/results/rl2_bandits.json``).
 - Trial end: terminal for the value target (the objective stops there); episode ends inside the trial
   are not (the paper's "the hidden state is not reset between episodes"). Episodes are separated for the
   network only by the done flag in the input.
