@@ -146,7 +146,8 @@ def readme_table(d: dict[str, Any]) -> str:
     names = list(entries)
     first = entries[names[0]]["squared_error_per_step"]
     head = ["| critic (squared error per step, held-out trials) | " + " | ".join(
-        f"{entries[n]['algo']} {entries[n]['env_kwargs']} ({entries[n]['value_core']} value core"
+        f"{entries[n]['algo']} {', '.join(f'{k}={v}' for k, v in entries[n]['env_kwargs'].items())} "
+        f"({entries[n]['value_core']} value core"
         f"{', task-informed' if entries[n]['task_informed_value'] else ''}, update {entries[n]['run_iteration']})"
         for n in names) + " |", "|---|" + "---|" * len(names)]
     def cell(r: dict[str, Any]) -> str:
