@@ -155,7 +155,9 @@ def readme_table(d: dict[str, Any]) -> str:
 
     body = [f"| {row} | " + " | ".join(cell(entries[n]["squared_error_per_step"][row]) for n in names) + " |"
             for row in first]
-    return "\n".join([f"`python benchmarks/rl2_critic_fit.py RUN_DIR` ({machine_line(d)})", "", *head, *body])
+    title = "### How well RL²'s critic can fit the policy's returns, with and without the task (kept runs)"
+    return "\n".join([title, "",
+                      f"`python benchmarks/rl2_critic_fit.py RUN_DIR` ({machine_line(d)})", "", *head, *body])
 
 
 if __name__ == "__main__":
