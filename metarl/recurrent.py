@@ -125,9 +125,10 @@ class RecurrentActorCritic(nn.Module):
     bandit policy's returns-to-go: least squares on ``[h, t]`` leaves a squared error of 22.2 per step, on
     ``[h, t, z]`` 21.6, an MLP on ``[h, t, z]`` 12.4). Only the value reads them (an asymmetric critic, Pinto et
     al. 2018, "Asymmetric Actor Critic for Image-Based Robot Learning"; privileged task information in meta-RL
-    training, Humplik et al. 2019, "Meta reinforcement learning as task inference"). The advantage stays unbiased: a baseline may depend on anything but the
-    action, and ``a_t`` is drawn from ``pi(. | h_t)`` whatever the task. Without the features (``task=None``,
-    e.g. an adapted policy acting) the values are NaN: nothing may read them.
+    training, Humplik et al. 2019, "Meta reinforcement learning as task inference"). The advantage stays
+    unbiased: a baseline may depend on anything but the action, and ``a_t`` is drawn from ``pi(. | h_t)``
+    whatever the task. Without the features (``task=None``, e.g. an adapted policy acting) the values are NaN:
+    nothing may read them.
     """
 
     value_mean: torch.Tensor
