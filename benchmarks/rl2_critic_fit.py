@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch = learner.collect(tasks, 1, learner.config.episodes_per_trial, seed=args.seed)
     t, b = batch.rewards.shape
     with torch.no_grad():
-        out_pi, out_v, _ = model._run_cores("unroll", batch.inputs, batch.initial_states[0])
+        out_pi, out_v, _ = model.run_cores("unroll", batch.inputs, batch.initial_states[0])
     h = out_v if out_v is not None else out_pi
     gamma = learner.config.gamma
     g = discounted_returns(batch.rewards, batch.trial_end.float(), gamma) * batch.mask

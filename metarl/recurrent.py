@@ -218,7 +218,7 @@ class RecurrentActorCritic(nn.Module):
         self.value_var.copy_(m2 / total)
         self.value_count.copy_(total)
 
-    def _run_cores(self, method: str, inputs: torch.Tensor,
+    def run_cores(self, method: str, inputs: torch.Tensor,
                    state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The cores' ``step`` or ``unroll`` on ``inputs`` from ``state``: the policy core's outputs, the value
         core's (``None`` when shared) and the new flat state ``[policy core's, value core's]``."""
@@ -231,7 +231,7 @@ class RecurrentActorCritic(nn.Module):
 
     def step(self, inputs: torch.Tensor, state: torch.Tensor, time: torch.Tensor,
              task: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor, torch.Tensor]:
-        out, value_out, state = self._run_cores("step", inputs, state)
+        out, value_out, state = self.run_cores("step", inputs, state)
         dist, values = self.heads(out, time, value_out, task)
         return dist, values, state
 
@@ -242,7 +242,7 @@ class RecurrentActorCritic(nn.Module):
         each column's task features (a task-informed value head's)."""
         if time is None:
             time = torch.arange(inputs.shape[0], device=inputs.device)[:, None].expand(inputs.shape[:2])
-        out, value_out, final = self._run_cores("unroll", inputs, state)
+        out, value_out, final = self.run_cores("unroll", inputs, state)
         dist, values = self.heads(out, time, value_out, task)
         return dist, values, final
 
