@@ -219,7 +219,7 @@ class RecurrentActorCritic(nn.Module):
         self.value_count.copy_(total)
 
     def run_cores(self, method: str, inputs: torch.Tensor,
-                   state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                  state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The cores' ``step`` or ``unroll`` on ``inputs`` from ``state``: the policy core's outputs, the value
         core's (``None`` when shared) and the new flat state ``[policy core's, value core's]``."""
         if self.value_core is None:
