@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Task")
@@ -32,7 +33,7 @@ def _freeze(value: Any) -> Any:
 
 def flat_numbers(value: Any, where: str) -> list[float]:
     """The numbers of a (nested) task value, depth first; ``where`` names it in the error."""
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, numbers.Real):  # bool, int, float and NumPy's scalar types
         return [float(value)]
     if isinstance(value, (tuple, list)):
         return [x for i, v in enumerate(value) for x in flat_numbers(v, f"{where}[{i}]")]

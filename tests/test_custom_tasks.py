@@ -189,6 +189,14 @@ def test_task_features_flatten_the_numeric_fields_in_order() -> None:
     with pytest.raises(TypeError, match=r"Named.name is a str"):
         Named().features()
 
+    @dataclasses.dataclass(frozen=True)
+    class Scaled(Task):
+        family: ClassVar[str] = "scaled"
+        scale: Any = np.float32(0.5)
+        sizes: tuple[Any, ...] = (np.int64(2), 3)
+
+    assert Scaled().features() == (0.5, 2.0, 3.0)  # NumPy scalars are numbers too
+
 
 def test_ood_split_and_horizon_override() -> None:
     family = pendulum_family(ood_sample=lambda rng: MassTask(float(rng.uniform(3.0, 4.0))), max_episode_steps=5)
