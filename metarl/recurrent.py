@@ -304,8 +304,8 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
             "returns": returns, "mask": batch.mask, "time": time}
     data = {k: to_chunks(v, batch.chunk) for k, v in cols.items()}
     states = batch.initial_states.reshape(-1, batch.initial_states.shape[-1])  # [C * B, S], chunk-major
-    # Each chunk column's task features (row 0 of every chunk lies inside its trial).
-    task = to_chunks(batch.task_features.expand(t, -1, -1), batch.chunk)[0] if model.task_dim > 0 else None
+    # Chunk column c * B + b belongs to trial b (to_chunks' layout): its task features, repeated chunk after chunk.
+    task = batch.task_features.repeat(states.shape[0] // b, 1) if model.task_dim > 0 else None
     keep = (data["mask"].sum(0) > 0).nonzero(as_tuple=True)[0]  # chunks past a short trial's end hold nothing
     n_cols = int(keep.numel())
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
