@@ -48,7 +48,7 @@ from metarl.cli import build_learner  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
 from metarl.tabular import TabularPrior  # noqa: E402
-from metarl.trials import TrialBatch, collect_trials  # noqa: E402
+from metarl.trials import MemoryModel, TrialBatch, collect_trials  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl2_tabular_imitation.json"
 
@@ -80,7 +80,7 @@ class MyopicExpert:
         return Categorical(logits=logits), torch.zeros(inputs.shape[0]), torch.cat([counts, sums, obs], dim=1)
 
 
-def expert_floor(expert: MyopicExpert, batch: TrialBatch) -> dict[str, float]:
+def expert_floor(expert: MemoryModel, batch: TrialBatch) -> dict[str, float]:
     """On the expert's own trials: its mean action entropy (the cross-entropy a perfect imitator reaches, the
     expert breaking ties at random) and the argmax agreement a perfect imitator expects (1 / number of tied
     best actions)."""
@@ -103,10 +103,10 @@ def imitation_scores(dist: Distribution, batch: TrialBatch) -> tuple[torch.Tenso
     return cross_entropy, agreement
 
 
-def clone(learner: Any, envs: Any, updates: int, trials: int, n_episodes: int, lr: float,
+def clone(learner: Any, envs: Any, expert: MemoryModel, updates: int, trials: int, n_episodes: int, lr: float,
           seed: int) -> list[dict[str, float]]:
-    """Cross-entropy of the learner's policy on fresh expert trials of train MDPs, ``updates`` Adam steps."""
-    expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
+    """Cross-entropy of the learner's policy on fresh ``expert`` trials of *train* tasks of ``envs``' family,
+    ``updates`` Adam steps."""
     optimizer = torch.optim.Adam(learner.model.parameters(), lr=lr)
     rng = np.random.default_rng(seed + 1)
     curve = []
@@ -149,13 +149,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = {"episodes_per_trial": args.n, "hidden_size": 8 if args.quick else args.hidden_size, "core": args.core}
     learner, envs = build_learner("rl2", "metarl/TabularMDP-v0", {}, config, args.seed, "cpu")
-    curve = clone(learner, envs, updates, args.trials, args.n, args.lr, args.seed)
+    expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
+    curve = clone(learner, envs, expert, updates, args.trials, args.n, args.lr, args.seed)
     train_s = time.perf_counter() - t0
     tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
     torch.manual_seed(0)
     sampled = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1).stage_returns.sum(1)
     greedy = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1, greedy=True).stage_returns.sum(1)
-    expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
     batch = collect_trials(envs.vector(n_test), expert, tasks, 1, args.n, seed=0, horizon=envs.horizon)
     expert_total = batch.trial_returns.numpy().astype(np.float64)
     with torch.no_grad():  # the cloned policy on the expert's test trials, teacher-forced

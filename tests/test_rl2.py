@@ -293,6 +293,7 @@ def test_rl2_learns_a_small_bandit() -> None:
     ("rl2_bandits.py", ["--agent", "mann", "--n", "10", "--k", "3", "--set", "controller_size=8"]),
     ("rl2_tabular.py", ["--n", "2"]),
     ("rl2_tabular_imitation.py", ["--n", "2"]),
+    ("rl2_bandit_imitation.py", ["--n", "10", "--k", "3"]),
     ("rl2_trials.py", ["--env", "navigation"]),
     ("recurrent_ppo_bandits.py", ["--n", "10", "--k", "3", "--envs", "2", "--lstm", "8"]),
 ])
@@ -390,6 +391,42 @@ def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() 
         np.testing.assert_allclose(chosen, q.max(axis=1), rtol=0, atol=1e-6)
         no_transitions = np.zeros(6, dtype=np.int64)  # the reward means do not read the next states
         posterior.update(states[t], batch.actions[t].numpy(), batch.rewards[t].double().numpy(), no_transitions)
+
+
+def test_gittins_expert_pulls_an_arm_of_largest_gittins_index_given_the_trial_so_far() -> None:
+    """The bandit imitation benchmark's expert, reading only RL²'s inputs, pulls at every step an arm whose
+    Gittins index (the table metarl.bandits.Gittins plays) is the largest, the successes and failures counted
+    from the trial's recorded pulls; ties are broken at random."""
+    import sys
+
+    from metarl.bandits import Gittins
+    from metarl.envs.bandit import BanditEnv
+    from metarl.trials import collect_trials
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rl2_bandit_imitation import GittinsExpert
+
+    n, k, b = 12, 3, 40
+    envs = TaskEnvs("metarl/Bandit-v0", {"n_arms": k, "n_pulls": n})
+    tasks = BanditEnv(n_arms=k).sample_tasks(b, np.random.default_rng(0))
+    torch.manual_seed(0)
+    batch = collect_trials(envs.vector(b), GittinsExpert(k, n), tasks, 1, 1, seed=0, horizon=n)
+    assert bool(batch.complete.all()) and batch.num_steps == b * n
+    gittins = Gittins()
+    gittins.reset(1, k, n, np.random.default_rng(0))
+    assert gittins.table is not None
+    successes, failures = np.zeros((b, k), dtype=np.int64), np.zeros((b, k), dtype=np.int64)
+    rows, tied = np.arange(b), 0
+    for t in range(n):
+        index = gittins.table.index[successes, failures]  # [B, k]
+        arms, rewards = batch.actions[t].numpy(), batch.rewards[t].numpy()
+        assert np.array_equal(index[rows, arms], index.max(axis=1)), t
+        tied += int(((index == index.max(axis=1, keepdims=True)).sum(1) > 1).sum())
+        successes[rows, arms] += rewards.astype(np.int64)
+        failures[rows, arms] += 1 - rewards.astype(np.int64)
+    assert tied > b  # the first pull of every trial is a tie of all arms, and more follow
+    first = batch.actions[0].numpy()
+    assert len(set(first.tolist())) == k  # ties are broken at random, not always towards arm 0
 
 
 def test_running_value_statistics_are_the_statistics_of_every_target_seen() -> None:
