@@ -44,7 +44,8 @@ from rl2_bandits import entry_name, merge_entry  # noqa: E402
 from rl2_tabular_imitation import clone, expert_floor, imitation_scores  # noqa: E402
 
 from metarl.bandits import Gittins, exploration_profile, play  # noqa: E402
-from metarl.cli import build_learner  # noqa: E402
+from metarl.checkpoint import save_checkpoint  # noqa: E402
+from metarl.cli import _parse_env_kwargs, build_learner  # noqa: E402
 from metarl.envs.bandit import BanditEnv  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
 from metarl.trials import collect_trials  # noqa: E402
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hidden-size", type=int, default=128, help="GRU units (the bandit headline's)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="RL² config value (JSON), e.g. value_core=separate to fit rl2_bandits.py --init")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write the cloned model's weights here (rl2_bandits.py --init starts PPO from them)")
     parser.add_argument("--quick", action="store_true", help="a few updates, 50 test bandits, temporary file")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -102,12 +107,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     updates, n_test = (3, 50) if args.quick else (args.updates, 1000)
     out = args.out or (Path(tempfile.mkdtemp()) / "rl2_bandit_imitation.json" if args.quick else RESULTS)
     t0 = time.perf_counter()
-    config = {"episodes_per_trial": 1, "hidden_size": 8 if args.quick else args.hidden_size}
+    config = {"episodes_per_trial": 1, "hidden_size": 8 if args.quick else args.hidden_size,
+              **_parse_env_kwargs(args.set)}
     env_kwargs = {"n_arms": args.k, "n_pulls": args.n}
     learner, envs = build_learner("rl2", "metarl/Bandit-v0", env_kwargs, config, args.seed, "cpu")
     expert = GittinsExpert(args.k, args.n)
     curve = clone(learner, envs, expert, updates, args.trials, 1, args.lr, args.seed)
     train_s = time.perf_counter() - t0
+    if args.save is not None:
+        save_checkpoint(args.save, {"model": learner.model.state_dict(), "algo": "rl2", "algo_config": config,
+                                    "env": "metarl/Bandit-v0", "env_kwargs": env_kwargs, "updates": updates})
 
     tasks = BanditEnv(n_arms=args.k).sample_tasks(n_test, np.random.default_rng(0), split="test")
     probs = np.array([t.probs for t in tasks])
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_expert_trials": {"cross_entropy": test_ce, "agreement": test_agree,
                                "perfect_imitator": expert_floor(expert, expert_batch)},
         "curve": curve[:: max(len(curve) // 100, 1)],
+        **({"saved_to": str(args.save)} if args.save is not None else {}),
         "command": " ".join(["python benchmarks/rl2_bandit_imitation.py", *(sys.argv[1:] if argv is None else argv)]),
     }
     setup = {"expert": "Gittins index play (metarl.bandits.Gittins) read from RL²'s inputs (GittinsExpert)",

@@ -39,6 +39,7 @@ import torch
 from adaptation_common import machine_line
 
 from metarl.bandits import UCB1, Gittins, Greedy, Thompson, exploration_profile, play
+from metarl.checkpoint import load_checkpoint
 from metarl.cli import _algorithms, _parse_env_kwargs, build_learner
 from metarl.config import config_from_dict, config_to_dict
 from metarl.envs.bandit import BanditEnv
@@ -66,7 +67,8 @@ class TrainedRun(NamedTuple):
 
 def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_config: dict[str, Any],
                          iterations: int, seed: int, eval_every: int, eval_tasks: int,
-                         eval_budget: int, run_dir: Path | None = None, resume: bool = False) -> TrainedRun:
+                         eval_budget: int, run_dir: Path | None = None, resume: bool = False,
+                         init: Path | None = None) -> TrainedRun:
     """Meta-train ``algo`` through the shared training loop.
 
     ``run_dir=None`` trains in a temporary folder. Otherwise the run is kept there (a checkpoint at every
@@ -74,8 +76,12 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
     continues it from its last checkpoint; the resumed run equals an uninterrupted one (the training loop's
     guarantee). Its curve then starts with the earlier segments' logged rows (without the load average), and
     its wall time adds their iteration times (their periodic checks not counted) to this segment's.
+    ``init``: start from the model weights in this file (:func:`load_init_weights`) instead of a fresh model;
+    a resumed run continues from its own checkpoint.
     """
     learner, envs = build_learner(algo, env, env_kwargs, algo_config, seed, "cpu")
+    if init is not None:
+        load_init_weights(learner, init)
     curve: list[dict[str, float]] = []
 
     def record(iteration: int, metrics: dict[str, float]) -> None:
@@ -109,6 +115,23 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
     return TrainedRun(learner, envs, earlier + curve, wall, int(earlier[-1]["iteration"]))
 
 
+def load_init_weights(learner: Any, path: Path) -> None:
+    """Load the model weights of ``path`` (a ``{"model": state_dict, ...}`` file such as
+    ``rl2_bandit_imitation.py --save`` writes, read with ``weights_only``) into ``learner.model``; the optimizer,
+    the schedules and the iteration count start fresh. A model of another shape is refused with the names that
+    differ."""
+    state = load_checkpoint(path)
+    if "model" not in state:
+        raise SystemExit(f"--init {path}: the file holds no 'model' weights (keys: {sorted(state)}); give a file "
+                         "written by rl2_bandit_imitation.py --save")
+    ours, theirs = learner.model.state_dict(), state["model"]
+    differ = sorted(k for k in {*ours, *theirs} if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+    if differ:
+        raise SystemExit(f"--init {path}: its model does not fit this agent's ({', '.join(differ[:6])} differ); "
+                         f"build both with the same agent config (the file's: {state.get('algo_config')})")
+    learner.model.load_state_dict(theirs)
+
+
 def _check_same_run(run_dir: Path, info: dict[str, Any], config: TrainConfig) -> None:
     """Fail before training when ``--resume`` would continue a run made with other settings (only the
     iteration count may change: a run can be extended)."""
@@ -135,12 +158,13 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float | int]:
 
 
 def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: int, n_test: int,
-                overrides: dict[str, Any], run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+                overrides: dict[str, Any], run_dir: Path | None = None, resume: bool = False,
+                init: Path | None = None) -> dict[str, Any]:
     config = config_from_dict(_algorithms()[agent][0], {"episodes_per_trial": 1, **overrides})
     env_kwargs = {"n_arms": n_arms, "n_pulls": n_pulls}
     run = train_memory_learner(agent, "metarl/Bandit-v0", env_kwargs, config_to_dict(config), iterations, seed,
                                eval_every=max(iterations // 20, 1), eval_tasks=200, eval_budget=0,
-                               run_dir=run_dir, resume=resume)
+                               run_dir=run_dir, resume=resume, init=init)
     learner, curve, wall = run.learner, run.curve, run.wall
     tasks = BanditEnv(n_arms=n_arms).sample_tasks(n_test, np.random.default_rng(0), split="test")
     probs = np.array([t.probs for t in tasks])
@@ -164,6 +188,7 @@ def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: in
         "agent": agent, "n_pulls": n_pulls, "n_arms": n_arms,
         "config": config_to_dict(config), "iterations": iterations, "train_env_steps": env_steps,
         "train_wall_time_s": wall, "eval_wall_time_s": eval_s, **resume_fields(run),
+        **({"init": str(init)} if init is not None else {}),
         "env_steps_per_s": env_steps / max(wall, 1e-9),
         "reduced": True, "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared CPU "
                                          f"cores; paper: {PAPER_STEPS}",
@@ -344,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = memory_agent_parser(__doc__.split("\n\n")[0], 300, "3 iterations, 50 test bandits, temporary output")
     parser.add_argument("--n", type=int, default=100, help="pulls per trial")
     parser.add_argument("--k", type=int, default=5, help="arms")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from the model weights in this file (rl2_bandit_imitation.py --save) instead of "
+                             "a fresh model; the optimizer and schedules start fresh")
     args = parser.parse_args(argv)
     check_run_args(parser, args)
     torch.set_num_threads(1)
@@ -356,8 +384,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.out is None:
             out = Path(tempfile.mkdtemp()) / "rl2_bandits.json"
     t0 = time.perf_counter()
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: no such file; give the weights file rl2_bandit_imitation.py --save wrote")
     entry = run_setting(args.agent, args.n, args.k, iterations, args.seed, n_test, overrides, args.run_dir,
-                        args.resume)
+                        args.resume, args.init)
     entry["quick"] = args.quick
     setup = {"source": "RL² (Duan et al. 2016) Table 1", "env": "metarl/Bandit-v0",
              "metric": "total reward of one trial of n pulls, mean ± 95% CI over test bandits",

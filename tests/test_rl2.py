@@ -354,6 +354,35 @@ def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -
         train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "none", resume=True)
 
 
+def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> None:
+    """``rl2_bandits.py --init FILE`` starts PPO from the weights a cloning run saved: they are loaded as they
+    are (the value core too), and a file whose model has another shape is refused with the names that differ."""
+    import sys
+
+    from metarl.checkpoint import save_checkpoint
+    from metarl.cli import build_learner
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rl2_bandits import load_init_weights
+
+    env, env_kwargs = "metarl/Bandit-v0", {"n_arms": 3, "n_pulls": 5}
+    config = {"meta_batch_size": 4, "hidden_size": 8, "episodes_per_trial": 1, "value_core": "separate"}
+    source, _ = build_learner("rl2", env, env_kwargs, config, 1, "cpu")
+    save_checkpoint(tmp_path / "w.pt", {"model": source.model.state_dict(), "algo_config": config})
+    target, _ = build_learner("rl2", env, env_kwargs, config, 2, "cpu")
+    assert not all(torch.equal(p, q) for p, q in zip(source.model.state_dict().values(),
+                                                      target.model.state_dict().values(), strict=True))
+    load_init_weights(target, tmp_path / "w.pt")
+    for (name, p), q in zip(source.model.state_dict().items(), target.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    shared, _ = build_learner("rl2", env, env_kwargs, {**config, "value_core": "shared"}, 2, "cpu")
+    with pytest.raises(SystemExit, match=r"does not fit this agent's \(value_core\.gru"):
+        load_init_weights(shared, tmp_path / "w.pt")
+    save_checkpoint(tmp_path / "other.pt", {"weights": {}})
+    with pytest.raises(SystemExit, match="holds no 'model' weights"):
+        load_init_weights(target, tmp_path / "other.pt")
+
+
 def test_benchmark_resume_without_a_run_dir_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     import sys
 
