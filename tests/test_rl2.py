@@ -354,6 +354,40 @@ def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -
         train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "none", resume=True)
 
 
+@pytest.mark.slow
+def test_clone_then_fine_tune_then_compare_under_the_objective(tmp_path: Path) -> None:
+    """The three bandit diagnostics chained as a user runs them: clone Gittins play and save the weights, start
+    PPO from them in a kept run, and compare both (and Gittins) under the discounted objective on the same
+    draws; the first policy's paired differences with itself are exactly zero."""
+    import subprocess
+    import sys
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    setting = ["--n", "10", "--k", "3"]
+    weights, run_dir = tmp_path / "clone.pt", tmp_path / "ft"
+    run("rl2_bandit_imitation.py", "--quick", *setting, "--set", "value_core=separate", "--save", str(weights),
+        "--out", str(tmp_path / "imitation.json"))
+    run("rl2_bandits.py", "--quick", *setting, "--set", "value_core=separate", "--init", str(weights),
+        "--run-dir", str(run_dir), "--out", str(tmp_path / "bandits.json"))
+    entry = next(iter(json.loads((tmp_path / "bandits.json").read_text())["entries"].values()))
+    assert entry["init"] == str(weights)
+    out = tmp_path / "objective.json"
+    proc = run("rl2_bandit_objective.py", *setting, "--n-test", "20", "--weights", str(weights), "--run", str(run_dir),
+               "--out", str(out))
+    d = json.loads(out.read_text())
+    assert list(d["policies"]) == ["clone.pt", "ft", "gittins"]
+    first = d["policies"]["clone.pt"]
+    assert first["total_minus_clone.pt"]["mean"] == 0.0 and first["discounted_minus_clone.pt"]["mean"] == 0.0
+    for p in d["policies"].values():
+        assert 0.0 <= p["discounted"]["mean"] <= p["total"]["mean"] <= 10.0
+    assert "| gittins |" in proc.stdout
+
+
 def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> None:
     """``rl2_bandits.py --init FILE`` starts PPO from the weights a cloning run saved: they are loaded as they
     are (the value core too), and a file whose model has another shape is refused with the names that differ."""
