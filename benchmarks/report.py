@@ -106,8 +106,9 @@ def cartpole_table() -> str:
 
 
 SCRIPT_TABLES: tuple[str, ...] = ("maml_rl_navigation", "maml_rl_cartpole", "rl2_bandits", "rl2_bandit_imitation",
-                                  "rl2_tabular", "tabular_baselines", "rl2_tabular_imitation", "rl2_trials",
-                                  "rl2_critic_fit", "recurrent_ppo_bandits", "fewshot_omniglot", "fewshot_sinusoid")
+                                  "rl2_bandit_objective", "rl2_tabular", "tabular_baselines", "rl2_tabular_imitation",
+                                  "rl2_trials", "rl2_critic_fit", "recurrent_ppo_bandits", "fewshot_omniglot",
+                                  "fewshot_sinusoid")
 """Results files whose README table is rendered by ``readme_table(d)`` in the script of the same name."""
 
 
