@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
-from rl2_bandits import load_init_weights  # noqa: E402
+from rl2_bandits import evaluation_trials, load_init_weights  # noqa: E402
 
 from metarl.bandits import Gittins, play  # noqa: E402
 from metarl.checkpoint import load_checkpoint  # noqa: E402
@@ -44,8 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "rl2_bandit_objective.js
 
 def policy_rewards(learner: Any, tasks: list[Any], n_pulls: int) -> np.ndarray:
     """``[B, n]`` rewards of one sampled trial per test bandit (the evaluation's draws)."""
-    torch.manual_seed(0)
-    return learner.collect(tasks, 1, 1, seed=0).rewards.numpy().T[:, :n_pulls].astype(np.float64)
+    return evaluation_trials(learner, tasks).rewards.numpy().T[:, :n_pulls].astype(np.float64)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -132,6 +132,14 @@ def load_init_weights(learner: Any, path: Path) -> None:
     learner.model.load_state_dict(theirs)
 
 
+def evaluation_trials(learner: Any, tasks: list[Any]) -> Any:
+    """One sampled trial per test bandit with the evaluation's draws (torch seed 0, reward seed 0): the trials
+    ``adapt_many(tasks, 0, seed=0, episodes_per_step=1)`` runs, collected directly for the arms pulled as well as
+    the rewards (``TrialBatch``, ``[T, B]``)."""
+    torch.manual_seed(0)
+    return learner.collect(tasks, 1, 1, seed=0)
+
+
 def _check_same_run(run_dir: Path, info: dict[str, Any], config: TrainConfig) -> None:
     """Fail before training when ``--resume`` would continue a run made with other settings (only the
     iteration count may change: a run can be extended)."""
@@ -169,10 +177,7 @@ def run_setting(agent: str, n_pulls: int, n_arms: int, iterations: int, seed: in
     tasks = BanditEnv(n_arms=n_arms).sample_tasks(n_test, np.random.default_rng(0), split="test")
     probs = np.array([t.probs for t in tasks])
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    # One trial per bandit, the trials adapt_many(tasks, 0, seed=0, episodes_per_step=1) runs, collected directly
-    # for the arms pulled as well as the rewards: how the agent explored.
-    batch = learner.collect(tasks, 1, 1, seed=0)
+    batch = evaluation_trials(learner, tasks)
     ours = batch.rewards.sum(0).cpu().numpy().astype(np.float64)
     agent_arms = batch.actions.cpu().numpy().astype(np.int64).T  # [bandits, pulls]
     eval_s = time.perf_counter() - t0
