@@ -36,6 +36,7 @@ from metarl.bandits import Gittins, play  # noqa: E402
 from metarl.checkpoint import load_checkpoint  # noqa: E402
 from metarl.cli import build_learner, load_run  # noqa: E402
 from metarl.envs.bandit import BanditEnv  # noqa: E402
+from metarl.logging import CONFIG_NAME  # noqa: E402
 from metarl.provenance import write_results  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
 
@@ -67,22 +68,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--run {path}: no checkpoint.pt there (rl2_bandits.py --run-dir keeps a run)")
     if not 0.0 < args.gamma <= 1.0:
         parser.error(f"--gamma must be in (0, 1], got {args.gamma}")
+    if args.n_test < 1:
+        parser.error(f"--n-test must be at least 1 test bandit, got {args.n_test}")
+    env_kwargs = {"n_arms": args.k, "n_pulls": args.n}
+    saved = {path: load_checkpoint(path) for path in args.weights}
+    trained = {path: json.loads((path / CONFIG_NAME).read_text()).get("env_kwargs") for path in args.run}
+    for path, kwargs in [*((p, st.get("env_kwargs")) for p, st in saved.items()), *trained.items()]:
+        if kwargs != env_kwargs:
+            parser.error(f"{path} was made for {kwargs}, not {env_kwargs}; pass its --n and --k")
+    names = [p.name for p in [*args.weights, *args.run]] + ["gittins"]
+    if len(set(names)) < len(names):
+        parser.error(f"two policies share a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
+                     "the results name each by its file or folder: rename or copy one")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     tasks = BanditEnv(n_arms=args.k).sample_tasks(args.n_test, np.random.default_rng(0), split="test")
     probs = np.array([t.probs for t in tasks])
-    env_kwargs = {"n_arms": args.k, "n_pulls": args.n}
     rewards: dict[str, np.ndarray] = {}
-    for path in args.weights:
-        config = load_checkpoint(path).get("algo_config", {})
-        learner, _ = build_learner("rl2", "metarl/Bandit-v0", env_kwargs, config, 0, "cpu")
+    for path, state in saved.items():
+        learner, _ = build_learner("rl2", "metarl/Bandit-v0", env_kwargs, state.get("algo_config", {}), 0, "cpu")
         load_init_weights(learner, path)
         rewards[path.name] = policy_rewards(learner, tasks, args.n)
     for path in args.run:
-        learner, _, info = load_run(path)
-        if info.get("env_kwargs") != env_kwargs:
-            parser.error(f"--run {path} was trained with {info.get('env_kwargs')}, not {env_kwargs}; "
-                         "pass its --n and --k")
+        learner, _, _ = load_run(path)
         rewards[path.name] = policy_rewards(learner, tasks, args.n)
     rewards["gittins"] = play(Gittins(), probs, args.n, seed=0).rewards
     weights = args.gamma ** np.arange(args.n)
