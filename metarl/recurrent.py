@@ -354,7 +354,9 @@ class TrialPPOConfig:
     episodes_per_trial: int = option(2, "episodes n per trial (RL² bandits: 1 episode of n pulls; tabular: 10)")
     bptt_chunk: int = option(0, "rows per truncated-BPTT chunk (0: backpropagate through whole trials)")
     gamma: float = option(0.99, "discount over the trial (RL² paper: 0.99)")
-    gae_lambda: float = option(0.3, "GAE lambda over the trial (RL² paper, bandits: 0.3)")
+    gae_lambda: float = option(0.3, "GAE lambda over the trial at iteration 0 (RL² paper, bandits: 0.3)")
+    gae_lambda_final: float = option(0.3, "GAE lambda after gae_lambda_iterations (linear in between)")
+    gae_lambda_iterations: int = option(0, "iterations over which lambda moves to gae_lambda_final (0: constant)")
     lr: float = option(1e-3, "Adam learning rate at iteration 0")
     lr_final: float = option(0.0, "learning rate after lr_decay_iterations (linear in between)")
     lr_decay_iterations: int = option(0, "iterations over which the learning rate decays to lr_final (0: constant)")
@@ -385,14 +387,19 @@ class TrialPPOConfig:
         require_choice(self, "value_core", VALUE_CORES)
         require(self.bptt_chunk >= 0, f"bptt_chunk must be >= 0 rows (0: whole trials), got {self.bptt_chunk}")
         require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
-        require(0.0 <= self.gae_lambda <= 1.0, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        for name in ("gae_lambda", "gae_lambda_final"):
+            require(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1], got {getattr(self, name)}")
         require_positive(self, "lr", "clip", "init_std", "reward_scale")
         require_at_least(self, 0, "value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations",
-                         "max_grad_norm", "lr_final", "lr_decay_iterations")
+                         "gae_lambda_iterations", "max_grad_norm", "lr_final", "lr_decay_iterations")
 
     def entropy_at(self, iteration: int) -> float:
         """``c_H`` of ``iteration``: linear from ``entropy_coef`` to ``entropy_coef_final``."""
         return linear_schedule(self.entropy_coef, self.entropy_coef_final, self.entropy_decay_iterations, iteration)
+
+    def gae_lambda_at(self, iteration: int) -> float:
+        """GAE's ``lambda`` of ``iteration``: linear from ``gae_lambda`` to ``gae_lambda_final``."""
+        return linear_schedule(self.gae_lambda, self.gae_lambda_final, self.gae_lambda_iterations, iteration)
 
     def lr_at(self, iteration: int) -> float:
         """The learning rate of ``iteration``: linear from ``lr`` to ``lr_final``."""
@@ -400,7 +407,7 @@ class TrialPPOConfig:
 
     def ppo_settings(self, iteration: int) -> PPOSettings:
         return PPOSettings(self.ppo_epochs, self.minibatches, self.clip, self.value_coef, self.entropy_at(iteration),
-                           self.max_grad_norm, self.gamma, self.gae_lambda)
+                           self.max_grad_norm, self.gamma, self.gae_lambda_at(iteration))
 
 
 @dataclass
@@ -497,6 +504,7 @@ class TrialPPOLearner:
         metrics.update({
             "train/entropy_coef": c.entropy_at(self.steps_done - 1),
             "train/lr": c.lr_at(self.steps_done - 1),
+            "train/gae_lambda": c.gae_lambda_at(self.steps_done - 1),
             "rollout/return_mean": float(batch.trial_returns.mean()),
             "rollout/first_episode_return": float(per_episode[0]),
             "rollout/last_episode_return": float(per_episode[-1]),

@@ -77,18 +77,19 @@ def test_meta_train_step_changes_parameters_and_reports_metrics() -> None:
     assert any(not torch.equal(before[k], v) for k, v in agent.model.state_dict().items())
 
 
-def test_learning_rate_and_entropy_schedules_are_linear_then_constant() -> None:
+def test_learning_rate_entropy_and_lambda_schedules_are_linear_then_constant() -> None:
     from metarl.recurrent import linear_schedule
 
     assert [linear_schedule(1.0, 0.2, 4, i) for i in range(6)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2])
     assert linear_schedule(3.0, 0.0, 0, 10) == 3.0  # 0 iterations: constant
     agent = _agent(lr=1e-2, lr_final=2e-3, lr_decay_iterations=2, entropy_coef=0.1, entropy_coef_final=0.0,
-                   entropy_decay_iterations=4)
+                   entropy_decay_iterations=4, gae_lambda=0.3, gae_lambda_final=1.0, gae_lambda_iterations=2)
     seen = []
     for it in range(3):
         m = agent.meta_train_step(agent.envs.sample_tasks(4, np.random.default_rng(it)))
-        seen += [m["train/lr"], agent.optimizer.param_groups[0]["lr"], m["train/entropy_coef"]]
-    assert seen == pytest.approx([1e-2, 1e-2, 0.1, 6e-3, 6e-3, 0.075, 2e-3, 2e-3, 0.05])
+        seen += [m["train/lr"], agent.optimizer.param_groups[0]["lr"], m["train/entropy_coef"], m["train/gae_lambda"]]
+    assert seen == pytest.approx([1e-2, 1e-2, 0.1, 0.3, 6e-3, 6e-3, 0.075, 0.65, 2e-3, 2e-3, 0.05, 1.0])
+    assert agent.config.ppo_settings(1).gae_lambda == pytest.approx(0.65)  # what the update's GAE uses
 
 
 def test_adapt_many_reports_one_stage_per_episode_and_continues_the_trial() -> None:
@@ -204,6 +205,8 @@ def test_box_actions_train_and_adapt() -> None:
     ("hidden_size", 0, "hidden_size must be >= 1 GRU unit, got 0"),
     ("episodes_per_trial", 0, "episodes_per_trial must be >= 1, got 0"),
     ("gae_lambda", 1.5, "gae_lambda must be in [0, 1], got 1.5"),
+    ("gae_lambda_final", -0.1, "gae_lambda_final must be in [0, 1], got -0.1"),
+    ("gae_lambda_iterations", -1, "gae_lambda_iterations must be >= 0, got -1"),
     ("bptt_chunk", -1, "bptt_chunk must be >= 0"),
     ("lr_decay_iterations", -1, "lr_decay_iterations must be >= 0, got -1"),
     ("value_core", "seperate", "value_core must be one of ('shared', 'separate'), got 'seperate'"),
