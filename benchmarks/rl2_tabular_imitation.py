@@ -21,6 +21,8 @@ only keeps the posterior-mean reward of every (state, action) pair (``benchmarks
 
 ``--core attention`` clones into RL²'s attention core instead (:mod:`metarl.attention`, entry
 ``rl2_attention_n10``), the same question for a memory that can look past steps up by (state, action).
+``--agent mann`` clones into MANN's controller and external memory (``agents/mann.py``; its memory's size via
+``--set memory_slots=...``), the same question for a memory written and read by content.
 
 Run: ``python benchmarks/rl2_tabular_imitation.py`` (17-20 minutes on one core; ``--core attention
 --hidden-size 128 --updates 1500``: 12-15 minutes) or ``--quick``
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import entry_name, merge_entry  # noqa: E402
 
-from metarl.cli import build_learner  # noqa: E402
+from metarl.cli import _parse_env_kwargs, build_learner  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
 from metarl.tabular import TabularPrior  # noqa: E402
@@ -135,9 +137,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=10, help="episodes per trial")
     parser.add_argument("--updates", type=int, default=4000, help="behaviour-cloning updates")
     parser.add_argument("--trials", type=int, default=64, help="expert trials per update")
+    parser.add_argument("--agent", choices=("rl2", "mann"), default="rl2", help="the learner whose policy is cloned")
     parser.add_argument("--core", choices=("gru", "attention"), default="gru", help="RL²'s memory core")
     parser.add_argument("--hidden-size", type=int, default=256,
-                        help="GRU units (the headline RL² run's) or the attention core's width")
+                        help="RL²: GRU units (the headline RL² run's) or the attention core's width")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other field of the agent's config (repeatable), e.g. memory_slots=64")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few updates, 20 test MDPs, temporary file")
@@ -147,8 +152,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     updates, n_test = (3, 20) if args.quick else (args.updates, 1000)
     out = args.out or (Path(tempfile.mkdtemp()) / "rl2_tabular_imitation.json" if args.quick else RESULTS)
     t0 = time.perf_counter()
-    config = {"episodes_per_trial": args.n, "hidden_size": 8 if args.quick else args.hidden_size, "core": args.core}
-    learner, envs = build_learner("rl2", "metarl/TabularMDP-v0", {}, config, args.seed, "cpu")
+    if args.agent == "rl2":
+        config = {"episodes_per_trial": args.n, "hidden_size": 8 if args.quick else args.hidden_size,
+                  "core": args.core}
+    else:
+        config = {"episodes_per_trial": args.n, **({"controller_size": 8} if args.quick else {})}
+    config.update(_parse_env_kwargs(args.set))
+    learner, envs = build_learner(args.agent, "metarl/TabularMDP-v0", {}, config, args.seed, "cpu")
     expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
     curve = clone(learner, envs, expert, updates, args.trials, args.n, args.lr, args.seed)
     train_s = time.perf_counter() - t0
@@ -162,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dist, _, _ = learner.model.evaluate(batch.inputs, learner.model.initial_state(n_test))
         test_ce, test_agree = (float(x) for x in imitation_scores(dist, batch))
     entry = {
-        "n_episodes": args.n, "config": config, "updates": updates, "trials_per_update": args.trials, "lr": args.lr,
+        "n_episodes": args.n, "agent": args.agent, "config": config, "updates": updates,
+        "trials_per_update": args.trials, "lr": args.lr,
         "train_wall_time_s": train_s, "quick": args.quick,
         "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},
         "cloned_sampled": mean_ci95(sampled).to_dict(), "cloned_greedy": mean_ci95(greedy).to_dict(),
@@ -177,10 +188,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     setup = {"expert": "myopic strategy on the posterior-mean rewards (MyopicExpert)", "env": "metarl/TabularMDP-v0"}
     # Other entries (e.g. the other core's) are kept; each keeps the provenance of the run that made it.
-    final = merge_entry(out, f"{entry_name('rl2', config)}_n{args.n}", entry, setup, time.perf_counter() - t0)
+    final = merge_entry(out, f"{entry_name(args.agent, config)}_n{args.n}", entry, setup,
+                        time.perf_counter() - t0)
     print(readme_table(final))
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return entry
+
+
+def memory_label(agent: str, config: dict[str, Any]) -> str:
+    """The memory core of a results entry, as the README table names it."""
+    if agent == "mann":
+        return (f"MANN: {config.get('controller', 'lstm').upper()} {config.get('controller_size', 128)}, "
+                f"{config.get('memory_slots', 16)} x {config.get('memory_width', 16)} memory, "
+                f"{config.get('read_heads', 1)} read head(s)")
+    core = config.get("core", "gru")
+    return f"GRU {config['hidden_size']}" if core == "gru" else f"{core}, width {config['hidden_size']}"
 
 
 def readme_table(d: dict[str, Any]) -> str:
@@ -197,8 +219,7 @@ def readme_table(d: dict[str, Any]) -> str:
     for e in d["entries"].values():
         x = e["test_expert_trials"]
         p = x["perfect_imitator"]
-        core = e["config"].get("core", "gru")
-        size = f"GRU {e['config']['hidden_size']}" if core == "gru" else f"{core}, width {e['config']['hidden_size']}"
+        size = memory_label(e.get("agent", "rl2"), e["config"])
         lines.append(f"| {e['n_episodes']} | {size} | {cell(e['cloned_sampled'])} | "
                      f"{cell(e['cloned_greedy'])} | {cell(e['expert'])} | {cell(e['cloned_greedy_minus_expert'])} | "
                      f"{x['cross_entropy']:.2f} / {x['agreement']:.1%} | {p['entropy']:.2f} / {p['agreement']:.1%} | "

@@ -296,6 +296,7 @@ def test_rl2_learns_a_small_bandit() -> None:
     ("rl2_bandits.py", ["--agent", "mann", "--n", "10", "--k", "3", "--set", "controller_size=8"]),
     ("rl2_tabular.py", ["--n", "2"]),
     ("rl2_tabular_imitation.py", ["--n", "2"]),
+    ("rl2_tabular_imitation.py", ["--n", "2", "--agent", "mann", "--set", "memory_slots=8"]),
     ("rl2_bandit_imitation.py", ["--n", "10", "--k", "3"]),
     ("rl2_trials.py", ["--env", "navigation"]),
     ("recurrent_ppo_bandits.py", ["--n", "10", "--k", "3", "--envs", "2", "--lstm", "8"]),
@@ -322,6 +323,10 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
         assert entry["result_greedy"]["n"] == entry["classical"]["greedy"]["n"] == entry["classical"]["psrl"]["n"]
         paired = entry["result"]["mean"] - entry["classical"]["greedy"]["mean"]
         assert entry["minus_greedy"]["mean"] == pytest.approx(paired)
+    if script == "rl2_tabular_imitation.py":  # the entry names the cloned agent and the config it was built with
+        (key, entry), = d["entries"].items()
+        assert key == f"{entry['agent']}_n2" and ("mann" in args) == (entry["agent"] == "mann")
+        assert entry["config"].get("memory_slots") == (8 if "mann" in args else None)
 
 
 def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
