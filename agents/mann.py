@@ -28,10 +28,25 @@ Write (eqs. 3-4) then read (eq. 2) from the written memory::
 
 The policy and value heads read ``[h_t, r^1_t, ..., r^R_t]``.
 
+``addressing="lrua"`` swaps NTM's heads for Santoro et al.'s *least recently used access* (sec. 3.2): every
+one of the ``R`` heads reads by content alone and writes either where it read last step or to a least-used
+slot, so new information goes to fresh (or stale) slots without location addressing to learn::
+
+    read           w^r_t = softmax_i(beta_t K[k_t, M_t(i)])                            (per head; beta_t: ours)
+    usage          w^u_t = gamma_u w^u_{t-1} + sum_h w^r_{h,t} + sum_h w^w_{h,t}
+    least used     w^lu_t(i) = 1 if w^u_t(i) is among the R smallest usages, else 0   (ties: lower slot first)
+    write weights  w^w_{h,t} = sigmoid(alpha_{h,t}) w^r_{h,t-1} + (1 - sigmoid(alpha_{h,t})) w^lu_{t-1}
+    write          M_t(i) = M_{t-1}(i) [1 - 1(i = argmin_j w^u_{t-1}(j))] + sum_h w^w_{h,t}(i) a_{h,t}
+
+The least-used slot is cleared before the write, as in the paper; ``gamma_u`` is ``usage_decay``.
+
 Choices where codebases differ, and ours:
 
-- Addressing: NTM's (content + location), as this project's issue asks; Santoro et al.'s MANN writes with
-  *least-recently-used access* (LRUA) instead, which is not implemented here.
+- Addressing: NTM's (content + location) by default, as this project's issue asks; ``addressing="lrua"`` is
+  Santoro et al.'s MANN. Two LRUA details are ours: a key strength ``beta_t`` (softplus, as NTM's) scales the
+  cosine before the softmax (the paper uses the plain cosine, whose softmax over many slots is nearly flat),
+  and each head writes a vector ``a_{h,t} = tanh(W_a h_t)`` of its own where the paper writes the read key
+  ``k_t`` (a head can still learn to write its key; the stored content need not equal the lookup key).
 - Initial state: memory ``0`` and every head's previous weighting one-hot on slot 0. With a zero (or
   constant) memory every slot looks the same to content addressing, and uniform initial weights would
   keep all slots identical forever; the one-hot start lets location addressing (shifts) break the tie.
@@ -56,6 +71,7 @@ from metarl.recurrent import TrialPPOConfig, TrialPPOLearner
 from metarl.rollout import TaskEnvs
 
 CONTROLLERS = ("lstm", "gru")
+ADDRESSING = ("ntm", "lrua")
 
 # ----------------------------------------------------------------------------------------------------------
 # NTM addressing, read and write as pure functions. Shapes: B batch, H heads, N slots, W slot width.
@@ -116,6 +132,36 @@ def read_memory(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return weights @ memory
 
 
+# LRUA (Santoro et al. 2016, sec. 3.2)
+
+
+def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
+    """``w^lu(i) = 1`` for the ``n`` slots of smallest usage, else 0 (ties: the lower slot first): usage
+    ``[B, N]`` -> ``[B, N]``. Piecewise constant in the usage, so no gradient flows through it (as in the paper)."""
+    # A stable sort keeps equal usages in slot order, so a cleared memory fills slot 0, 1, 2, ...
+    order = torch.sort(usage.detach(), dim=-1, stable=True).indices[:, :n]
+    return torch.zeros_like(usage).scatter(-1, order, 1.0)
+
+
+def lrua_write_weights(previous_read: torch.Tensor, least: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``w^w_h = sigmoid(alpha_h) w^r_{h,t-1} + (1 - sigmoid(alpha_h)) w^lu_{t-1}``: previous read weights
+    ``[B, H, N]``, least-used indicator ``[B, N]``, gate ``sigmoid(alpha) [B, H]`` -> ``[B, H, N]``."""
+    g = gate.unsqueeze(-1)
+    return g * previous_read + (1.0 - g) * least.unsqueeze(1)
+
+
+def lrua_write(memory: torch.Tensor, usage: torch.Tensor, weights: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """Clear the least-used slot (by the previous usage ``[B, N]``), then ``M(i) += sum_h w^w_h(i) a_h``:
+    memory ``[B, N, W]``, write weights ``[B, H, N]``, add ``[B, H, W]``."""
+    cleared = memory * (1.0 - least_used(usage, 1)).unsqueeze(-1)
+    return cleared + weights.transpose(1, 2) @ add
+
+
+def usage_update(usage: torch.Tensor, read: torch.Tensor, write: torch.Tensor, decay: float) -> torch.Tensor:
+    """``w^u_t = gamma_u w^u_{t-1} + sum_h w^r_{h,t} + sum_h w^w_{h,t}``: usage ``[B, N]``, weights ``[B, H, N]``."""
+    return decay * usage + read.sum(1) + write.sum(1)
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -127,6 +173,9 @@ class MANNConfig(TrialPPOConfig):
     memory_width: int = option(16, "slot width W (Santoro et al.: 40)")
     read_heads: int = option(1, "read heads R (Santoro et al.: 4)")
     shift_range: int = option(1, "circular shifts -S..S of location addressing (NTM: 1)")
+    addressing: str = option("ntm", "ntm: content + location addressing, erase/add writes (Graves et al.); lrua: "
+                                    "Santoro et al.'s least recently used access (module docstring)")
+    usage_decay: float = option(0.95, "LRUA: decay gamma_u of the usage weights")
     compile_step: bool = option(False, "compile the memory step with torch.compile (CPU, benchmarks/speed/"
                                        "memory_core.py: 3.7x faster unroll + backward, 2.2x faster rollout "
                                        "steps, after about a minute of compiling; needs a C++ compiler)")
@@ -134,6 +183,8 @@ class MANNConfig(TrialPPOConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require_choice(self, "controller", CONTROLLERS)
+        require_choice(self, "addressing", ADDRESSING)
+        require(0.0 <= self.usage_decay <= 1.0, f"usage_decay must be in [0, 1], got {self.usage_decay}")
         require_at_least(self, 1, "controller_size", "memory_slots", "memory_width", "read_heads")
         require(0 <= self.shift_range and 2 * self.shift_range + 1 <= self.memory_slots,
                 f"shift_range must be in [0, (memory_slots - 1) / 2] = [0, {(self.memory_slots - 1) // 2}], "
@@ -144,7 +195,7 @@ class NTMCore(nn.Module):
     """Controller + external memory; the whole state in one flat tensor ``[B, S]``.
 
     State layout: controller ``h`` (and ``c`` for an LSTM), read vectors ``[R, W]``, read weights
-    ``[R, N]``, write weights ``[N]``, memory ``[N, W]``.
+    ``[R, N]``, write weights ``[N]`` (LRUA: the usage weights ``w^u``), memory ``[N, W]``.
     """
 
     def __init__(self, input_size: int, config: MANNConfig) -> None:
@@ -152,12 +203,16 @@ class NTMCore(nn.Module):
         c = config
         self.n, self.w, self.r, self.hidden = c.memory_slots, c.memory_width, c.read_heads, c.controller_size
         self.shifts = 2 * c.shift_range + 1
-        self.lstm = c.controller == "lstm"
+        self.lstm, self.lrua, self.usage_decay = c.controller == "lstm", c.addressing == "lrua", c.usage_decay
         cell_in = input_size + self.r * self.w
         self.cell: nn.Module = nn.LSTMCell(cell_in, self.hidden) if self.lstm else nn.GRUCell(cell_in, self.hidden)
-        self.per_head = self.w + 3 + self.shifts  # key, strength, gate, gamma, shift
-        self.read_params = nn.Linear(self.hidden, self.r * self.per_head)
-        self.write_params = nn.Linear(self.hidden, self.per_head + 2 * self.w)  # + erase, add
+        if self.lrua:  # every head: key, strength, write gate alpha, add vector
+            self.per_head = 2 * self.w + 2
+            self.read_params = nn.Linear(self.hidden, self.r * self.per_head)
+        else:  # read heads: key, strength, gate, gamma, shift; the write head also erase and add
+            self.per_head = self.w + 3 + self.shifts
+            self.read_params = nn.Linear(self.hidden, self.r * self.per_head)
+            self.write_params = nn.Linear(self.hidden, self.per_head + 2 * self.w)
         self.sizes = [self.hidden * (2 if self.lstm else 1), self.r * self.w, self.r * self.n, self.n,
                       self.n * self.w]
         self.state_size = sum(self.sizes)
@@ -169,7 +224,7 @@ class NTMCore(nn.Module):
 
     def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat ``[B, S]`` -> controller state, reads ``[B, R, W]``, read weights ``[B, R, N]``, write weights
-        ``[B, 1, N]``, memory ``[B, N, W]``."""
+        (LRUA: usage) ``[B, 1, N]``, memory ``[B, N, W]``."""
         ctrl, reads, w_read, w_write, memory = torch.split(state, self.sizes, dim=-1)
         b = state.shape[0]
         return (ctrl, reads.reshape(b, self.r, self.w), w_read.reshape(b, self.r, self.n),
@@ -180,10 +235,12 @@ class NTMCore(nn.Module):
         return torch.cat([t.flatten(1) for t in (ctrl, reads, w_read, w_write, memory)], dim=-1)
 
     def initial_state(self, batch: int, device: torch.device | str) -> torch.Tensor:
-        """Cleared memory: zeros, with every head's previous weighting one-hot on slot 0."""
+        """Cleared memory: zeros, with every head's previous weighting one-hot on slot 0 (LRUA: no previous
+        read, zero usage, so the first writes fill slots 0, 1, ... in turn)."""
         dtype = self.read_params.weight.dtype
         onehot = torch.zeros(batch, 1, self.n, device=device, dtype=dtype)
-        onehot[..., 0] = 1.0
+        if not self.lrua:
+            onehot[..., 0] = 1.0
         return self.pack(torch.zeros(batch, self.sizes[0], device=device, dtype=dtype),
                          torch.zeros(batch, self.r, self.w, device=device, dtype=dtype),
                          onehot.expand(batch, self.r, self.n), onehot,
@@ -197,22 +254,15 @@ class NTMCore(nn.Module):
 
     def _heads_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The write and read heads' layers stacked into one (one product per step instead of two)."""
+        if self.lrua:
+            return self.read_params.weight, self.read_params.bias
         return (torch.cat([self.write_params.weight, self.read_params.weight]),
                 torch.cat([self.write_params.bias, self.read_params.bias]))
 
-    def _advance(self, x: torch.Tensor, parts: tuple[torch.Tensor, ...],
-                 heads: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """One step on the unpacked state (:meth:`unpack`): output ``[B, H + R W]`` and the next parts."""
-        ctrl, reads, w_read, w_write, memory = parts
-        b = x.shape[0]
-        cell_in = torch.cat([x, reads.flatten(1)], dim=-1)
-        if self.lstm:
-            h, c = self.cell(cell_in, tuple(ctrl.chunk(2, dim=-1)))
-            new_ctrl = torch.cat([h, c], dim=-1)
-        else:
-            h = self.cell(cell_in, ctrl)
-            new_ctrl = h
-        params = F.linear(h, *heads)
+    def _ntm_memory(self, params: torch.Tensor, w_read: torch.Tensor, w_write: torch.Tensor,
+                    memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """NTM: address the write head, erase and add, then address the read heads on the written memory."""
+        b = params.shape[0]
         wp, rp = params[:, :self.per_head + 2 * self.w], params[:, self.per_head + 2 * self.w:]
         # The head transforms are elementwise: one call for the write head and the R read heads together.
         key, beta, gate, shift, gamma = self._head(
@@ -222,6 +272,33 @@ class NTMCore(nn.Module):
         add = torch.tanh(wp[:, self.per_head + self.w:])
         memory = write_memory(memory, w_write[:, 0], erase, add)
         w_read = address(key[:, 1:], beta[:, 1:], gate[:, 1:], shift[:, 1:], gamma[:, 1:], w_read, memory)
+        return w_read, w_write, memory
+
+    def _lrua_memory(self, params: torch.Tensor, w_read: torch.Tensor, usage: torch.Tensor,
+                     memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """LRUA: write where each head read last step or to the least-used slot, then read by content."""
+        key, strength, alpha, add = torch.split(params.reshape(params.shape[0], self.r, self.per_head),
+                                                [self.w, 1, 1, self.w], dim=-1)
+        usage = usage[:, 0]
+        w_write = lrua_write_weights(w_read, least_used(usage, self.r), torch.sigmoid(alpha.squeeze(-1)))
+        memory = lrua_write(memory, usage, w_write, torch.tanh(add))
+        w_read = content_weights(key, F.softplus(strength.squeeze(-1)), memory)
+        usage = usage_update(usage, w_read, w_write, self.usage_decay)
+        return w_read, usage[:, None], memory
+
+    def _advance(self, x: torch.Tensor, parts: tuple[torch.Tensor, ...],
+                 heads: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One step on the unpacked state (:meth:`unpack`): output ``[B, H + R W]`` and the next parts."""
+        ctrl, reads, w_read, w_write, memory = parts
+        cell_in = torch.cat([x, reads.flatten(1)], dim=-1)
+        if self.lstm:
+            h, c = self.cell(cell_in, tuple(ctrl.chunk(2, dim=-1)))
+            new_ctrl = torch.cat([h, c], dim=-1)
+        else:
+            h = self.cell(cell_in, ctrl)
+            new_ctrl = h
+        memory_step = self._lrua_memory if self.lrua else self._ntm_memory
+        w_read, w_write, memory = memory_step(F.linear(h, *heads), w_read, w_write, memory)
         reads = read_memory(memory, w_read)
         return torch.cat([h, reads.flatten(1)], dim=-1), (new_ctrl, reads, w_read, w_write, memory)
 
@@ -248,4 +325,5 @@ class MANNAgent(TrialPPOLearner):
 
 
 __all__ = ["MANNAgent", "MANNConfig", "NTMCore", "address", "circular_shift", "content_weights", "cosine_similarity",
-           "interpolate", "read_memory", "sharpen", "write_memory"]
+           "interpolate", "least_used", "lrua_write", "lrua_write_weights", "read_memory", "sharpen", "usage_update",
+           "write_memory"]

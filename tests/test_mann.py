@@ -18,8 +18,12 @@ from metarl.agents.mann import (
     content_weights,
     cosine_similarity,
     interpolate,
+    least_used,
+    lrua_write,
+    lrua_write_weights,
     read_memory,
     sharpen,
+    usage_update,
     write_memory,
 )
 from metarl.cli import main
@@ -91,6 +95,51 @@ def test_erase_then_add_equals_the_formula() -> None:
     torch.testing.assert_close(read_memory(out, torch.tensor([[[0.5, 0.5]]]))[0, 0], out[0].mean(0))
 
 
+def test_least_used_marks_the_n_smallest_usages_ties_in_slot_order() -> None:
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.1], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(least_used(usage, 1), torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(least_used(usage, 2), torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(least_used(usage, 3), torch.tensor([[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]]))
+
+
+def test_lrua_write_weights_usage_and_write_equal_the_formulas() -> None:
+    previous = torch.tensor([[[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]]])  # two heads, three slots
+    least = torch.tensor([[0.0, 0.0, 1.0]])
+    gate = torch.tensor([[0.25, 1.0]])
+    w = lrua_write_weights(previous, least, gate)
+    # sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}
+    torch.testing.assert_close(w, torch.tensor([[[0.05, 0.2, 0.75], [1.0, 0.0, 0.0]]]))
+    read = torch.tensor([[[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]])
+    usage = torch.tensor([[1.0, 2.0, 0.0]])
+    # gamma_u w^u_{t-1} + sum_h w^r_h + sum_h w^w_h
+    torch.testing.assert_close(usage_update(usage, read, w, 0.5),
+                               torch.tensor([[0.5 + 0.5 + 1.05, 1.0 + 1.5 + 0.2, 0.0 + 0.0 + 0.75]]))
+    memory = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]])
+    add = torch.tensor([[[1.0, -1.0], [10.0, 20.0]]])
+    out = lrua_write(memory, usage, w, add)
+    # slot 2 (least used) cleared first, then M(i) += sum_h w_h(i) a_h
+    expected = torch.tensor([[[1.0 + 0.05 + 10.0, 1.0 - 0.05 + 20.0], [2.0 + 0.2, 2.0 - 0.2], [0.75, -0.75]]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_lrua_with_a_closed_gate_fills_a_cleared_memory_slot_by_slot() -> None:
+    """Each write going to the least-used slot (gate sigmoid(alpha) ~ 0) puts the first writes of a trial into
+    slots 0, 1, 2, ... (one read head, so one least-used slot per step)."""
+    torch.manual_seed(0)
+    core = NTMCore(4, MANNConfig(controller_size=8, memory_slots=4, memory_width=3, addressing="lrua")).double()
+    with torch.no_grad():  # alpha (the head's 5th output: key 3, strength 1, alpha 1) pinned to -30
+        core.read_params.weight[4].zero_()
+        core.read_params.bias[4] = -30.0
+    state = core.initial_state(1, "cpu")
+    written = []
+    for _ in range(3):
+        before = core.unpack(state)[4]
+        _, state = core.step(torch.randn(1, 4, dtype=torch.float64), state)
+        changed = (core.unpack(state)[4] - before).abs().sum(-1)[0] > 1e-9
+        written.append(changed.nonzero().flatten().tolist())
+    assert written == [[0], [1], [2]]
+
+
 def test_addressing_gradient_matches_finite_differences() -> None:
     g = torch.Generator().manual_seed(1)
     args = [torch.randn(2, 2, 3, generator=g, dtype=torch.float64),            # keys
@@ -103,20 +152,24 @@ def test_addressing_gradient_matches_finite_differences() -> None:
     assert torch.autograd.gradcheck(address, tuple(a.requires_grad_(True) for a in args))
 
 
-def _core(controller: str = "lstm") -> NTMCore:
+def _core(controller: str = "lstm", addressing: str = "ntm") -> NTMCore:
     torch.manual_seed(0)
     return NTMCore(6, MANNConfig(controller=controller, controller_size=8, memory_slots=5, memory_width=3,
-                                 read_heads=2)).double()
+                                 read_heads=2, addressing=addressing)).double()
 
 
-@pytest.mark.parametrize("controller", ["lstm", "gru"])
-def test_core_state_layout_and_cleared_memory(controller: str) -> None:
-    core = _core(controller)
+CORES = [("lstm", "ntm"), ("gru", "ntm"), ("lstm", "lrua"), ("gru", "lrua")]
+
+
+@pytest.mark.parametrize(("controller", "addressing"), CORES)
+def test_core_state_layout_and_cleared_memory(controller: str, addressing: str) -> None:
+    core = _core(controller, addressing)
     s0 = core.initial_state(4, "cpu")
     ctrl, reads, w_read, w_write, memory = core.unpack(s0)
     assert s0.shape == (4, core.state_size)
     assert memory.abs().sum() == 0 and reads.abs().sum() == 0 and ctrl.abs().sum() == 0
-    torch.testing.assert_close(w_read.sum(-1), torch.ones(4, 2, dtype=torch.float64))
+    # NTM: previous weightings one-hot on slot 0; LRUA: nothing read yet and no usage
+    torch.testing.assert_close(w_read.sum(-1), torch.full((4, 2), float(addressing == "ntm"), dtype=torch.float64))
     torch.testing.assert_close(core.pack(ctrl, reads, w_read, w_write, memory), s0)
     x = torch.randn(7, 4, 6, dtype=torch.float64)
     out, s = core.unroll(x, s0)
@@ -125,15 +178,19 @@ def test_core_state_layout_and_cleared_memory(controller: str) -> None:
     torch.testing.assert_close(s, ref_s)
     _, _, w_read, w_write, memory = core.unpack(s)
     assert memory.abs().sum() > 0  # it wrote
-    torch.testing.assert_close(w_write.sum(-1), torch.ones(4, 1, dtype=torch.float64))
+    torch.testing.assert_close(w_read.sum(-1), torch.ones(4, 2, dtype=torch.float64))  # reads are distributions
+    if addressing == "ntm":
+        torch.testing.assert_close(w_write.sum(-1), torch.ones(4, 1, dtype=torch.float64))
+    else:  # the usage: every step adds R read distributions and R write weightings, decayed by gamma_u
+        assert (w_write > 0).all() and (w_write.sum(-1) <= 7 * 2 * (1 + 2)).all()
     assert out.shape == (7, 4, core.output_size)
 
 
-@pytest.mark.parametrize("controller", ["lstm", "gru"])
-def test_fast_unroll_has_the_gradients_of_step_by_step(controller: str) -> None:
+@pytest.mark.parametrize(("controller", "addressing"), CORES)
+def test_fast_unroll_has_the_gradients_of_step_by_step(controller: str, addressing: str) -> None:
     """``unroll`` keeps the state unpacked and stacks the head layers once per sequence; the parameter
     gradients must be those of ``T`` calls of ``step`` (float64)."""
-    core = _core(controller)
+    core = _core(controller, addressing)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(6, 3, 6, generator=g, dtype=torch.float64)
     s0 = core.initial_state(3, "cpu") + 0.1 * torch.rand(3, core.state_size, generator=g, dtype=torch.float64)
@@ -147,12 +204,13 @@ def test_fast_unroll_has_the_gradients_of_step_by_step(controller: str) -> None:
         torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
 
 
-def test_compiled_step_has_the_values_and_gradients_of_the_eager_step() -> None:
+@pytest.mark.parametrize("addressing", ["ntm", "lrua"])
+def test_compiled_step_has_the_values_and_gradients_of_the_eager_step(addressing: str) -> None:
     """``compile_step=True`` (torch.compile of one memory step): the same outputs, final state and parameter
     gradients as the eager core with the same weights (float64, up to the rounding of fused kernels)."""
     pytest.importorskip("torch._inductor")
     torch.manual_seed(0)
-    small = {"controller_size": 8, "memory_slots": 5, "memory_width": 3, "read_heads": 2}
+    small = {"controller_size": 8, "memory_slots": 5, "memory_width": 3, "read_heads": 2, "addressing": addressing}
     eager = NTMCore(6, MANNConfig(**small)).double()
     compiled = NTMCore(6, MANNConfig(**small, compile_step=True)).double()
     compiled.load_state_dict(eager.state_dict())
@@ -198,11 +256,16 @@ def test_bad_config_is_rejected() -> None:
         MANNConfig(controller="rnn")
     with pytest.raises(ValueError, match="shift_range must be in"):
         MANNConfig(memory_slots=2, shift_range=1)
+    with pytest.raises(ValueError, match=r"addressing must be one of \('ntm', 'lrua'\), got 'lru'"):
+        MANNConfig(addressing="lru")
+    with pytest.raises(ValueError, match=r"usage_decay must be in \[0, 1\], got 1.5"):
+        MANNConfig(usage_decay=1.5)
 
 
 @pytest.mark.parametrize(("env", "kwargs"), [
     ("metarl/Bandit-v0", ["--env-kwarg", "n_pulls=6"]),
     ("metarl/Navigation2D-v0", ["--env-kwarg", "horizon=5"]),
+    ("metarl/TabularMDP-v0", ["--env-kwarg", "horizon=3", "--addressing", "lrua"]),
 ])
 def test_train_then_evaluate_through_the_cli(env: str, kwargs: list[str], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
