@@ -287,6 +287,7 @@ class PPOSettings:
     max_grad_norm: float
     gamma: float
     gae_lambda: float
+    train_policy: bool = True  # False: the value loss alone (a value warm-up; see TrialPPOConfig)
 
 
 def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, batch: TrialBatch,
@@ -320,7 +321,9 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
                                            data["adv"][:, idx], s.clip, m)
             v_loss = value_loss(values, data["returns"][:, idx], m) / value_scale  # in normalised units
             entropy = (dist.entropy() * m).sum() / m.sum().clamp(min=1.0)
-            loss = terms.loss + s.value_coef * v_loss - s.entropy_coef * entropy
+            loss = s.value_coef * v_loss
+            if s.train_policy:
+                loss = loss + terms.loss - s.entropy_coef * entropy
             optimizer.zero_grad()
             loss.backward()
             # Logged before clipping: the diagnostic that exposed the value loss filling the shared core's
@@ -368,6 +371,9 @@ class TrialPPOConfig:
     entropy_coef_final: float = option(0.01, "entropy bonus after entropy_decay_iterations (linear in between)")
     entropy_decay_iterations: int = option(0, "iterations over which c_H decays to entropy_coef_final (0: constant)")
     max_grad_norm: float = option(0.5, "gradient-norm clipping (0 disables)")
+    value_warmup_iterations: int = option(0, "first iterations that train the value loss alone (e.g. a fresh value "
+                                             "core under policy weights loaded from elsewhere); with "
+                                             "value_core=shared the policy's core still moves")
     reward_scale: float = option(1.0, "factor on the previous reward in the memory input (the loss uses raw rewards)")
     init_std: float = option(1.0, "initial std of Gaussian actions, in normalised units")
     time_aware_value: bool = option(True, "the value head also reads t / trial length (Pardo et al. 2018); the "
@@ -391,7 +397,8 @@ class TrialPPOConfig:
             require(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1], got {getattr(self, name)}")
         require_positive(self, "lr", "clip", "init_std", "reward_scale")
         require_at_least(self, 0, "value_coef", "entropy_coef", "entropy_coef_final", "entropy_decay_iterations",
-                         "gae_lambda_iterations", "max_grad_norm", "lr_final", "lr_decay_iterations")
+                         "gae_lambda_iterations", "value_warmup_iterations", "max_grad_norm", "lr_final",
+                         "lr_decay_iterations")
 
     def entropy_at(self, iteration: int) -> float:
         """``c_H`` of ``iteration``: linear from ``entropy_coef`` to ``entropy_coef_final``."""
@@ -407,7 +414,8 @@ class TrialPPOConfig:
 
     def ppo_settings(self, iteration: int) -> PPOSettings:
         return PPOSettings(self.ppo_epochs, self.minibatches, self.clip, self.value_coef, self.entropy_at(iteration),
-                           self.max_grad_norm, self.gamma, self.gae_lambda_at(iteration))
+                           self.max_grad_norm, self.gamma, self.gae_lambda_at(iteration),
+                           train_policy=iteration >= self.value_warmup_iterations)
 
 
 @dataclass

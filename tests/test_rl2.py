@@ -129,6 +129,26 @@ def test_a_separate_value_core_trains_adapts_and_round_trips(tmp_path: Path) -> 
     assert json.loads((run / "config.json").read_text())["algo_config"]["value_core"] == "separate"
 
 
+def test_a_value_warmup_trains_the_value_alone_then_both() -> None:
+    """value_warmup_iterations=1 with a separate value core: the first update moves the value core and head only
+    (the policy's parameters are bit-identical), the second moves the policy too."""
+    agent = _agent(value_core="separate", value_warmup_iterations=1)
+    model = agent.model
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def moved(before: dict[str, torch.Tensor]) -> set[str]:
+        return {k.split(".")[0] for k, v in model.named_parameters() if not torch.equal(before[k], v)}
+
+    before = snapshot()
+    agent.meta_train_step(agent.envs.sample_tasks(4, np.random.default_rng(0)))
+    assert moved(before) == {"value_core", "v"}
+    before = snapshot()
+    agent.meta_train_step(agent.envs.sample_tasks(4, np.random.default_rng(1)))
+    assert moved(before) == {"value_core", "v", "core", "pi"}
+
+
 def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: Path) -> None:
     """task_informed_value: the value head reads each trial's task parameters, stored with the batch; the update
     recomputes the rollout's values from them (whole trials and BPTT chunks); the policy ignores them; an
@@ -207,6 +227,7 @@ def test_box_actions_train_and_adapt() -> None:
     ("gae_lambda", 1.5, "gae_lambda must be in [0, 1], got 1.5"),
     ("gae_lambda_final", -0.1, "gae_lambda_final must be in [0, 1], got -0.1"),
     ("gae_lambda_iterations", -1, "gae_lambda_iterations must be >= 0, got -1"),
+    ("value_warmup_iterations", -2, "value_warmup_iterations must be >= 0, got -2"),
     ("bptt_chunk", -1, "bptt_chunk must be >= 0"),
     ("lr_decay_iterations", -1, "lr_decay_iterations must be >= 0, got -1"),
     ("value_core", "seperate", "value_core must be one of ('shared', 'separate'), got 'seperate'"),
