@@ -186,7 +186,7 @@ class MANNConfig(TrialPPOConfig):
         require_choice(self, "addressing", ADDRESSING)
         require(0.0 <= self.usage_decay <= 1.0, f"usage_decay must be in [0, 1], got {self.usage_decay}")
         require_at_least(self, 1, "controller_size", "memory_slots", "memory_width", "read_heads")
-        require(0 <= self.shift_range and 2 * self.shift_range + 1 <= self.memory_slots,
+        require(self.addressing == "lrua" or 0 <= self.shift_range and 2 * self.shift_range + 1 <= self.memory_slots,
                 f"shift_range must be in [0, (memory_slots - 1) / 2] = [0, {(self.memory_slots - 1) // 2}], "
                 f"got {self.shift_range}; lower it or add memory slots")
 

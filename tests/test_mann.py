@@ -256,6 +256,7 @@ def test_bad_config_is_rejected() -> None:
         MANNConfig(controller="rnn")
     with pytest.raises(ValueError, match="shift_range must be in"):
         MANNConfig(memory_slots=2, shift_range=1)
+    MANNConfig(memory_slots=2, addressing="lrua")  # LRUA has no location addressing: shift_range does not apply
     with pytest.raises(ValueError, match=r"addressing must be one of \('ntm', 'lrua'\), got 'lru'"):
         MANNConfig(addressing="lru")
     with pytest.raises(ValueError, match=r"usage_decay must be in \[0, 1\], got 1.5"):
