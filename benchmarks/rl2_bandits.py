@@ -297,14 +297,19 @@ def exploration_table(d: dict[str, Any]) -> list[str]:
 
 
 def entry_name(agent: str, config: dict[str, Any]) -> str:
-    """The results-file name of an agent: ``rl2``, ``mann``, or ``rl2_attention`` for RL² with the attention core."""
-    return f"{agent}_{config['core']}" if config.get("core", "gru") != "gru" else agent
+    """The results-file name of an agent: ``rl2``, ``mann``, ``rl2_attention`` for RL² with the attention core,
+    ``mann_lrua`` for MANN with least recently used access."""
+    if config.get("core", "gru") != "gru":
+        return f"{agent}_{config['core']}"
+    return f"{agent}_{config['addressing']}" if config.get("addressing", "ntm") != "ntm" else agent
 
 
 def agent_label(entry: dict[str, Any]) -> str:
-    """The README's name of an entry's agent: ``RL2``, ``MANN``, ``RL2 (attention)``, ``RL2 (separate value core)``."""
+    """The README's name of an entry's agent: ``RL2``, ``MANN``, ``RL2 (attention)``, ``RL2 (separate value core)``,
+    ``MANN (LRUA)``."""
     config = entry.get("config", {})
     notes = [config["core"]] if config.get("core", "gru") != "gru" else []
+    notes += ["LRUA"] if config.get("addressing") == "lrua" else []
     notes += ["separate value core"] if config.get("value_core") == "separate" else []
     return entry["agent"].upper() + (f" ({', '.join(notes)})" if notes else "")
 

@@ -198,9 +198,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def memory_label(agent: str, config: dict[str, Any]) -> str:
     """The memory core of a results entry, as the README table names it."""
     if agent == "mann":
-        return (f"MANN: {config.get('controller', 'lstm').upper()} {config.get('controller_size', 128)}, "
+        return (f"MANN ({config.get('addressing', 'ntm').upper()}): {config.get('controller', 'lstm').upper()} "
+                f"{config.get('controller_size', 128)}, "
                 f"{config.get('memory_slots', 16)} x {config.get('memory_width', 16)} memory, "
-                f"{config.get('read_heads', 1)} read head(s)")
+                f"{config.get('read_heads', 1)} read head{'s' if config.get('read_heads', 1) > 1 else ''}")
     core = config.get("core", "gru")
     return f"GRU {config['hidden_size']}" if core == "gru" else f"{core}, width {config['hidden_size']}"
 
@@ -210,7 +211,7 @@ def readme_table(d: dict[str, Any]) -> str:
     def cell(ci: dict[str, Any]) -> str:
         return f"{ci['mean']:.1f} ± {ci['ci95']:.1f}"
 
-    lines = ["### RL²'s policy cloned from the myopic strategy (tabular MDPs; total reward of a trial, "
+    lines = ["### RL²'s and MANN's policies cloned from the myopic strategy (tabular MDPs; total reward of a trial, "
              "held-out MDPs)", "", f"`python benchmarks/rl2_tabular_imitation.py` ({machine_line(d)})", "",
              "| n episodes | memory core | cloned, sampled actions | cloned, most likely actions | expert (myopic, "
              "per-step) | cloned − expert (paired) | cross-entropy / agreement on the expert's test trials | same, "
