@@ -117,13 +117,15 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
 
 def load_init_weights(learner: Any, path: Path) -> None:
     """Load the model weights of ``path`` (a ``{"model": state_dict, ...}`` file such as
-    ``rl2_bandit_imitation.py --save`` writes, read with ``weights_only``) into ``learner.model``; the optimizer,
-    the schedules and the iteration count start fresh. A model of another shape is refused with the names that
-    differ."""
+    ``rl2_bandit_imitation.py --save`` writes, or a kept run's ``checkpoint.pt``, read with ``weights_only``) into
+    ``learner.model``; the optimizer, the schedules and the iteration count start fresh. A model of another shape
+    is refused with the names that differ."""
     state = load_checkpoint(path)
+    if "model" not in state and "model" in state.get("learner", {}):  # a training run's checkpoint
+        state = {**state["learner"], "algo_config": state.get("run_info", {}).get("algo_config")}
     if "model" not in state:
         raise SystemExit(f"--init {path}: the file holds no 'model' weights (keys: {sorted(state)}); give a file "
-                         "written by rl2_bandit_imitation.py --save")
+                         "written by rl2_bandit_imitation.py --save or a run's checkpoint.pt")
     ours, theirs = learner.model.state_dict(), state["model"]
     differ = sorted(k for k in {*ours, *theirs} if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
     if differ:
@@ -380,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=100, help="pulls per trial")
     parser.add_argument("--k", type=int, default=5, help="arms")
     parser.add_argument("--init", type=Path, default=None,
-                        help="start from the model weights in this file (rl2_bandit_imitation.py --save) instead of "
+                        help="start from the model weights in this file (rl2_bandit_imitation.py --save, or a kept "
+                             "run's checkpoint.pt) instead of "
                              "a fresh model; the optimizer and schedules start fresh")
     args = parser.parse_args(argv)
     check_run_args(parser, args)

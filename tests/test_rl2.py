@@ -418,15 +418,16 @@ def test_clone_then_fine_tune_then_compare_under_the_objective(tmp_path: Path) -
 
 
 def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> None:
-    """``rl2_bandits.py --init FILE`` starts PPO from the weights a cloning run saved: they are loaded as they
-    are (the value core too), and a file whose model has another shape is refused with the names that differ."""
+    """``rl2_bandits.py --init FILE`` starts PPO from the weights a cloning run saved or a kept run's checkpoint:
+    they are loaded as they are (the value core too), and a file whose model has another shape is refused with the
+    names that differ."""
     import sys
 
     from metarl.checkpoint import save_checkpoint
     from metarl.cli import build_learner
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rl2_bandits import load_init_weights
+    from rl2_bandits import load_init_weights, train_memory_learner
 
     env, env_kwargs = "metarl/Bandit-v0", {"n_arms": 3, "n_pulls": 5}
     config = {"meta_batch_size": 4, "hidden_size": 8, "episodes_per_trial": 1, "value_core": "separate"}
@@ -441,6 +442,12 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
     shared, _ = build_learner("rl2", env, env_kwargs, {**config, "value_core": "shared"}, 2, "cpu")
     with pytest.raises(SystemExit, match=r"does not fit this agent's \(value_core\.gru"):
         load_init_weights(shared, tmp_path / "w.pt")
+    run_dir = tmp_path / "run"  # a kept run's checkpoint.pt: the model under its learner state
+    kept = train_memory_learner("rl2", env, env_kwargs, config, 1, 3, eval_every=0, eval_tasks=2, eval_budget=0,
+                                run_dir=run_dir)
+    load_init_weights(target, run_dir / "checkpoint.pt")
+    for (name, p), q in zip(kept.learner.model.state_dict().items(), target.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
     save_checkpoint(tmp_path / "other.pt", {"weights": {}})
     with pytest.raises(SystemExit, match="holds no 'model' weights"):
         load_init_weights(target, tmp_path / "other.pt")
