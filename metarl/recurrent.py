@@ -321,9 +321,10 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
                                            data["adv"][:, idx], s.clip, m)
             v_loss = value_loss(values, data["returns"][:, idx], m) / value_scale  # in normalised units
             entropy = (dist.entropy() * m).sum() / m.sum().clamp(min=1.0)
-            loss = s.value_coef * v_loss
             if s.train_policy:
-                loss = loss + terms.loss - s.entropy_coef * entropy
+                loss = terms.loss + s.value_coef * v_loss - s.entropy_coef * entropy
+            else:  # value warm-up: the policy's parameters get no gradient
+                loss = s.value_coef * v_loss
             optimizer.zero_grad()
             loss.backward()
             # Logged before clipping: the diagnostic that exposed the value loss filling the shared core's
