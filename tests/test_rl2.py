@@ -376,11 +376,21 @@ def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -
     earlier = sum(r["time/iteration_s"] for r in resumed.curve[:2])
     assert resumed.wall > earlier > 0
     assert (tmp_path / "part" / "checkpoint.pt").exists()  # `metarl evaluate DIR` reads it
-    with pytest.raises(SystemExit, match=r"other settings \(algo_config differ"):
+    with pytest.raises(SystemExit, match=r"other settings \(algo_config\.hidden_size differ"):
         train_memory_learner("rl2", env, env_kwargs, {**config, "hidden_size": 9}, 4, 0, **kwargs,
                              run_dir=tmp_path / "part", resume=True)
     with pytest.raises(SystemExit, match="holds no run"):
         train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "none", resume=True)
+    # A run made before an option existed (its config.json lacks it) resumes: the option's default is what it used.
+    from metarl.config import config_to_dict
+
+    saved = json.loads((tmp_path / "part" / "config.json").read_text())
+    saved["algo_config"] = config_to_dict(RL2Config(**config))  # as the benchmark scripts store it: whole
+    del saved["algo_config"]["gae_lambda_iterations"], saved["train"]["threads"]
+    (tmp_path / "part" / "config.json").write_text(json.dumps(saved))
+    longer = train_memory_learner("rl2", env, env_kwargs, config, 5, 0, **kwargs, run_dir=tmp_path / "part",
+                                  resume=True)
+    assert longer.resumed_from == 4
 
 
 @pytest.mark.slow
