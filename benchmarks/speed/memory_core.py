@@ -14,7 +14,9 @@ Implementations: ``mann eager`` (``NTMCore`` with the default config: LSTM contr
 width 16, 1 read head), ``mann compiled`` (the same weights with ``compile_step=True``), and ``rl2 gru``
 (``GRUCore`` with 128 units: the reference cost of RL² on the same workload) and ``rl2 attention``
 (``AttentionCore``, RL²'s ``--core attention`` defaults: width 128, 2 blocks, 4 heads, a window of the
-trial's 100 steps). Every implementation is
+trial's 100 steps), and ``mann lrua compiled`` (MANN with ``addressing="lrua"``, Santoro et al.'s least recently
+used access, same sizes, compiled; its arithmetic is checked against its eager form in tests/test_mann.py,
+and its first call's compilation is reported beside NTM's). Every implementation is
 first checked against eager MANN on the same inputs (compiled: same outputs and gradients, rtol 1e-4 in
 float32). Rounds interleave the implementations; reported are median / min / max seconds over rounds and
 the ratio ``eager / compiled`` per round, plus the time of the first compiled call of each shape
@@ -102,10 +104,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     compiled.load_state_dict(eager.state_dict())
     gru = GRUCore(INPUT, 128)
     attention = AttentionCore(INPUT, 128, layers=2, heads=4, context=steps)
+    lrua = NTMCore(INPUT, MANNConfig(addressing="lrua", compile_step=True))
     impls = {name: workloads(core, steps, 16, 64) for name, core in
-             (("mann eager", eager), ("mann compiled", compiled), ("rl2 gru", gru), ("rl2 attention", attention))}
+             (("mann eager", eager), ("mann compiled", compiled), ("rl2 gru", gru), ("rl2 attention", attention),
+              ("mann lrua compiled", lrua))}
 
     compile_s: dict[str, float] = {}
+    lrua_compile_s: dict[str, float] = {}
     for part in ("update", "rollout"):  # first calls: compilation (compiled), warm-up (others)
         ref = impls["mann eager"][part]()
         t = timed(lambda p=part: impls["mann compiled"][p]())
@@ -115,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         impls["rl2 gru"][part]()
         impls["rl2 attention"][part]()
+        lrua_compile_s[part] = timed(lambda p=part: impls["mann lrua compiled"][p]())
     runs: dict[str, dict[str, list[float]]] = {part: {name: [] for name in impls} for part in ("update", "rollout")}
     for r in range(rounds):
         order = list(impls) if r % 2 == 0 else list(reversed(impls))
@@ -127,14 +133,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "eager_over_compiled": paired_ratios(by_name["mann eager"], by_name["mann compiled"]),
                      "mann_compiled_over_gru": paired_ratios(by_name["mann compiled"], by_name["rl2 gru"]),
                      "attention_over_gru": paired_ratios(by_name["rl2 attention"], by_name["rl2 gru"]),
-                     "first_compiled_call_s": compile_s[part]})
+                     "lrua_over_ntm_compiled": paired_ratios(by_name["mann lrua compiled"], by_name["mann compiled"]),
+                     "first_compiled_call_s": compile_s[part], "lrua_first_compiled_call_s": lrua_compile_s[part]})
         s = rows[-1]["eager_over_compiled"]
         print(f"{part}: eager / compiled {s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]", file=sys.stderr)
     payload = {
         "benchmark": "speed_memory_core", "quick": args.quick, "device": "cpu", "threads": 1,
         "workload": {"steps": steps, "update_trials": 16, "rollout_trials": 64, "input": INPUT,
                      "mann": "LSTM 128, 16 slots x 16, 1 read head (MANNConfig defaults)", "gru": 128,
-                     "attention": f"width 128, 2 blocks, 4 heads, window {steps}"},
+                     "attention": f"width 128, 2 blocks, 4 heads, window {steps}",
+                     "mann lrua": "the same sizes with addressing=lrua"},
         "rounds": rounds, "agreement": "compiled == eager outputs and gradients, rtol 1e-4 / atol 1e-5 (float32)",
         "load_average": {"before": before, "after": load_average()}, "rows": rows,
     }
@@ -144,21 +152,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def readme_table(d: dict[str, Any]) -> str:
     attention = all("rl2 attention" in r["seconds"] for r in d["rows"])  # results from before it: no column
+    lrua = all("mann lrua compiled" in r["seconds"] for r in d["rows"])
     lines = ["### Memory cores: MANN eager vs `--compile-step` (torch.compile), and RL²'s GRU" +
-             (" and attention" if attention else "") + " (seconds, median [min, max])", "",
+             (" and attention" if attention else "") + (", and MANN with LRUA" if lrua else "") +
+             " (seconds, median [min, max])", "",
              f"`python benchmarks/speed/memory_core.py` ({machine_line(d)}); update = {d['workload']['steps']}-step "
              f"unroll + backward of {d['workload']['update_trials']} trials, rollout = {d['workload']['steps']} "
              f"steps of {d['workload']['rollout_trials']} trials without gradients", "",
              "| workload | MANN eager | MANN compiled | eager / compiled | first compiled call (empty cache) "
-             "| RL² GRU |" + (" RL² attention | attention / GRU |" if attention else ""),
-             "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if attention else "")]
+             "| RL² GRU |" + (" RL² attention | attention / GRU |" if attention else "") +
+             (" MANN LRUA compiled | LRUA / NTM (compiled) | LRUA first compiled call |" if lrua else ""),
+             "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if attention else "") +
+             (" --- | --- | --- |" if lrua else "")]
     for r in d["rows"]:
         s = r["seconds"]
         lines.append(f"| {r['workload']} | {fmt_spread(s['mann eager'], 3)} | {fmt_spread(s['mann compiled'], 3)} | "
                      f"{fmt_spread(r['eager_over_compiled'])}x | {r['first_compiled_call_s']:.0f} s | "
                      f"{fmt_spread(s['rl2 gru'], 3)} |" +
                      (f" {fmt_spread(s['rl2 attention'], 3)} | {fmt_spread(r['attention_over_gru'])}x |"
-                      if attention else ""))
+                      if attention else "") +
+                     (f" {fmt_spread(s['mann lrua compiled'], 3)} | {fmt_spread(r['lrua_over_ntm_compiled'])}x | "
+                      f"{r['lrua_first_compiled_call_s']:.0f} s |" if lrua else ""))
     return "\n".join(lines)
 
 
