@@ -130,7 +130,8 @@ def test_end_to_end_reads_committed_training_logs(tmp_path: Path) -> None:
 
 
 def test_memory_core_quick_run(tmp_path: Path) -> None:
-    """Eager vs compiled MANN step (and RL²'s GRU): the script checks their agreement itself, then times them."""
+    """Eager vs compiled MANN step (and RL²'s GRU and attention, MANN with LRUA): the script checks the eager and
+    compiled NTM steps' agreement itself, then times them all."""
     pytest.importorskip("torch._inductor")
     import memory_core
 
@@ -139,4 +140,6 @@ def test_memory_core_quick_run(tmp_path: Path) -> None:
     assert [r["workload"] for r in d["rows"]] == ["update", "rollout"]
     for r in d["rows"]:
         assert all(s["median"] > 0 for s in r["seconds"].values()) and r["eager_over_compiled"]["median"] > 0
-    assert "| update |" in memory_core.readme_table(json.loads(out.read_text()))
+        assert "mann lrua compiled" in r["seconds"] and r["lrua_over_ntm_compiled"]["median"] > 0
+    table = memory_core.readme_table(json.loads(out.read_text()))
+    assert "| update |" in table and "LRUA / NTM (compiled)" in table
