@@ -177,7 +177,7 @@ class MANNConfig(TrialPPOConfig):
                                     "Santoro et al.'s least recently used access (module docstring)")
     usage_decay: float = option(0.95, "LRUA: decay gamma_u of the usage weights")
     compile_step: bool = option(False, "compile the memory step with torch.compile (CPU, benchmarks/speed/"
-                                       "memory_core.py: 3.7x faster unroll + backward, 2.2x faster rollout "
+                                       "memory_core.py: 2.9x faster unroll + backward, 2.0x faster rollout "
                                        "steps, after about a minute of compiling; needs a C++ compiler)")
 
     def __post_init__(self) -> None:

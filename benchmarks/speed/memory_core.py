@@ -153,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def readme_table(d: dict[str, Any]) -> str:
     attention = all("rl2 attention" in r["seconds"] for r in d["rows"])  # results from before it: no column
     lrua = all("mann lrua compiled" in r["seconds"] for r in d["rows"])
-    lines = ["### Memory cores: MANN eager vs `--compile-step` (torch.compile), and RL²'s GRU" +
-             (" and attention" if attention else "") + (", and MANN with LRUA" if lrua else "") +
+    lines = ["### Memory cores: MANN eager vs `--compile-step` (torch.compile), RL²'s GRU" +
+             (" and attention" if attention else "") + (", MANN with LRUA" if lrua else "") +
              " (seconds, median [min, max])", "",
              f"`python benchmarks/speed/memory_core.py` ({machine_line(d)}); update = {d['workload']['steps']}-step "
              f"unroll + backward of {d['workload']['update_trials']} trials, rollout = {d['workload']['steps']} "
