@@ -150,14 +150,17 @@ def _check_same_run(run_dir: Path, info: dict[str, Any], config: TrainConfig) ->
         raise SystemExit(f"--resume: {run_dir} holds no run ({CONFIG_NAME} missing); drop --resume to start one there")
     stored = json.loads(path.read_text())
     ours = json.loads(json.dumps({**info, "train": config_to_dict(config)}))
-    config_cls = _algorithms()[info["algo"]][0] if info["algo"] in _algorithms() else None
-    if config_cls is not None and stored.get("algo") == info["algo"]:
-        # Both as whole configs: an option added since the run was made takes its default, which is what
-        # the run used (it resumes); an option set to its default explicitly or not at all compares equal.
-        full = [json.loads(json.dumps(config_to_dict(config_from_dict(config_cls, c))))
-                for c in (stored.get("algo_config", {}), ours["algo_config"])]
-        stored["algo_config"], ours["algo_config"] = full
-        stored["train"] = json.loads(json.dumps(config_to_dict(config_from_dict(TrainConfig, stored.get("train", {})))))
+
+    def whole(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(config_to_dict(config_from_dict(cls, values))))
+
+    # Compared as whole configs: an option added since the run was made takes its default, which is what the
+    # run used (it resumes); an option set to its default explicitly or not at all compares equal.
+    if stored.get("algo") == info["algo"]:
+        algo_cls = _algorithms()[info["algo"]][0]
+        stored["algo_config"], ours["algo_config"] = (whole(algo_cls, stored.get("algo_config", {})),
+                                                      whole(algo_cls, ours["algo_config"]))
+    stored["train"] = whole(TrainConfig, stored.get("train", {}))
     differ = sorted(k for k in {*ours, *stored} - {"train", "algo_config"} if stored.get(k) != ours.get(k))
     differ += sorted(f"algo_config.{k}" for k in {*ours.get("algo_config", {}), *stored.get("algo_config", {})}
                      if stored.get("algo_config", {}).get(k) != ours.get("algo_config", {}).get(k))
