@@ -51,7 +51,8 @@ Choices where codebases differ, and ours:
   constant) memory every slot looks the same to content addressing, and uniform initial weights would
   keep all slots identical forever; the one-hot start lets location addressing (shifts) break the tie.
   pytorch-ntm (loudinthecloud) learns these initial values; we keep them fixed, so "clearing the
-  memory" is well defined.
+  memory" is well defined. LRUA starts with no previous read and zero usage: its least-used rule (ties in slot
+  order) breaks the tie, writing the first steps to slots 0, 1, ...
 - Cosine similarity with ``||u|| ||v|| + 1e-8`` in the denominator (0 for the zero memory) and sharpening of
   ``w~ + 1e-12`` (finite gradient in ``gamma`` where a weight is 0).
 - Reads come from the memory *after* this step's write (so the current step's information is
