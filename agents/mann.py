@@ -154,7 +154,8 @@ def lrua_write_weights(previous_read: torch.Tensor, least: torch.Tensor, gate: t
 def lrua_write(memory: torch.Tensor, usage: torch.Tensor, weights: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
     """Clear the least-used slot (by the previous usage ``[B, N]``), then ``M(i) += sum_h w^w_h(i) a_h``:
     memory ``[B, N, W]``, write weights ``[B, H, N]``, add ``[B, H, W]``."""
-    cleared = memory * (1.0 - least_used(usage, 1)).unsqueeze(-1)
+    # argmin returns the first of equal minima: the slot least_used(usage, 1) marks, without a sort per step.
+    cleared = memory * (1.0 - F.one_hot(usage.argmin(-1), usage.shape[-1]).to(memory.dtype)).unsqueeze(-1)
     return cleared + weights.transpose(1, 2) @ add
 
 
