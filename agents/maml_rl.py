@@ -310,10 +310,7 @@ class MamlRLAgent:
         if c.outer == "trpo":
             info = trpo_step(list(self.policy.parameters()), loss_and_kl, c.max_kl, c.cg_iters, c.cg_damping,
                              c.ls_backtrack_ratio, c.ls_max_steps, curvature=curvature)
-            metrics.update({"train/surrogate_before": info.loss_before, "train/surrogate_after": info.loss_after,
-                            "train/kl": info.kl, "train/line_search_steps": float(info.line_search_steps),
-                            "train/step_accepted": float(info.accepted),
-                            "train/expected_improvement": info.expected_improvement})
+            metrics.update(info.metrics())
         else:
             metrics.update(self._ppo_update(data, n, old_log_probs, old_dist, second_order))
         self.steps_done += 1

@@ -191,6 +191,14 @@ class MANNConfig(TrialPPOConfig):
         require(self.addressing == "lrua" or 0 <= self.shift_range and 2 * self.shift_range + 1 <= self.memory_slots,
                 f"shift_range must be in [0, (memory_slots - 1) / 2] = [0, {(self.memory_slots - 1) // 2}], "
                 f"got {self.shift_range}; lower it or add memory slots")
+        # TRPO needs second derivatives of the policy: a compiled step has no double backward, and LRUA's content
+        # read of a cleared (all-zero) slot has a NaN one (the norm's second derivative at 0).
+        require(self.outer != "trpo" or not self.compile_step,
+                "outer=trpo differentiates the policy twice, which a torch.compile'd memory step does not support: "
+                "set compile_step=false")
+        require(self.outer != "trpo" or self.addressing == "ntm",
+                "outer=trpo needs the policy's second derivatives, which are NaN through LRUA's read of a cleared "
+                "slot: use addressing=ntm with outer=trpo, or outer=ppo with addressing=lrua")
 
 
 class NTMCore(nn.Module):

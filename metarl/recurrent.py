@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import gymnasium
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, kl_divergence
 
 from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.learner import AdaptationResult, AdaptedPolicy
@@ -69,9 +69,11 @@ from metarl.trials import (
     memory_input_dim,
     memory_inputs,
 )
+from metarl.trpo import trpo_step
 from metarl.types import Task
 
 VALUE_CORES = ("shared", "separate")
+OUTER_OPTIMIZERS = ("ppo", "trpo")
 
 
 class MemoryCore(Protocol):
@@ -179,11 +181,7 @@ class RecurrentActorCritic(nn.Module):
         """Core outputs ``[..., B, H]`` and step indices ``[..., B]`` -> action distribution (batch shape
         ``[..., B]``) and values ``[..., B]``; the value head reads ``value_out`` (the value core's outputs) when
         given, and each column's task features ``task [B, F]`` when it is task-informed."""
-        if self.log_std is None:
-            dist = CategoricalMLPPolicy.make_distribution(self.pi(out))
-        else:
-            mean = self.pi(out)
-            dist = GaussianMLPPolicy.make_distribution((mean, self.log_std.expand_as(mean)))
+        dist = self.action_distribution(out)
         v_in = out if value_out is None else value_out
         if self.time_scale > 0:
             v_in = torch.cat([v_in, (time.to(v_in.dtype) / self.time_scale)[..., None]], -1)
@@ -198,6 +196,22 @@ class RecurrentActorCritic(nn.Module):
         if self.normalize_values:
             values = values * self.value_std.to(values.dtype) + self.value_mean.to(values.dtype)
         return dist, values
+
+    def action_distribution(self, out: torch.Tensor) -> Distribution:
+        """``pi(. | h)`` from the policy core's outputs ``[..., B, H]``."""
+        if self.log_std is None:
+            return CategoricalMLPPolicy.make_distribution(self.pi(out))
+        mean = self.pi(out)
+        return GaussianMLPPolicy.make_distribution((mean, self.log_std.expand_as(mean)))
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``pi`` depends on: the policy core and head (not a separate value core or the value head)."""
+        return [p for name, p in self.named_parameters() if not name.startswith(("value_core.", "v."))]
+
+    def unroll_policy(self, inputs: torch.Tensor, state: torch.Tensor) -> Distribution:
+        """``pi(. | h_t)`` over ``inputs [T, B, D_in]`` unrolled from ``state [B, S]``, the policy core alone."""
+        out, _ = self.core.unroll(inputs, state[..., :self._split])  # type: ignore[operator]
+        return self.action_distribution(out)
 
     @property
     def value_std(self) -> torch.Tensor:
@@ -290,9 +304,21 @@ class PPOSettings:
     train_policy: bool = True  # False: the value loss alone (a value warm-up; see TrialPPOConfig)
 
 
-def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, batch: TrialBatch,
-                         s: PPOSettings) -> dict[str, float]:
-    """PPO epochs over minibatches of (trial, chunk) columns, each unrolled from its stored state."""
+@dataclass
+class UpdateColumns:
+    """One batch of trials laid out for the update: ``data[k]`` is ``[L, C * B, ...]`` (:func:`to_chunks`),
+    ``states`` each column's stored initial state, ``task`` its task features (or ``None``), ``keep`` the columns
+    holding real steps, ``value_scale`` the variance that normalises the value loss."""
+
+    data: dict[str, torch.Tensor]
+    states: torch.Tensor
+    task: torch.Tensor | None
+    keep: torch.Tensor
+    value_scale: float
+
+
+def update_columns(model: RecurrentActorCritic, batch: TrialBatch, s: PPOSettings) -> UpdateColumns:
+    """GAE over the trials, value targets (merged into the value statistics once per batch) and the chunk layout."""
     adv = trial_advantages(batch.rewards, batch.values, batch.mask, s.gamma, s.gae_lambda)
     returns = (adv + batch.values) * batch.mask
     adv = normalize(adv, batch.mask)
@@ -308,6 +334,20 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
     # Chunk column c * B + b belongs to trial b (to_chunks' layout): its task features, repeated chunk after chunk.
     task = batch.task_features.repeat(states.shape[0] // b, 1) if model.task_dim > 0 else None
     keep = (data["mask"].sum(0) > 0).nonzero(as_tuple=True)[0]  # chunks past a short trial's end hold nothing
+    return UpdateColumns(data, states, task, keep, value_scale)
+
+
+def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, batch: TrialBatch,
+                         s: PPOSettings) -> dict[str, float]:
+    """PPO epochs over minibatches of (trial, chunk) columns, each unrolled from its stored state."""
+    return ppo_epochs(model, optimizer, update_columns(model, batch, s), s)
+
+
+def ppo_epochs(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, u: UpdateColumns,
+               s: PPOSettings) -> dict[str, float]:
+    """``s.epochs`` passes of Adam (or ``optimizer``) over minibatches of the columns: ``L = L_clip + c_V L_V - c_H H``,
+    or ``c_V L_V`` alone when ``s.train_policy`` is false."""
+    data, states, task, keep = u.data, u.states, u.task, u.keep
     n_cols = int(keep.numel())
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
                                                    "approx_kl", "grad_norm")}
@@ -319,11 +359,11 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
                                              None if task is None else task[idx])
             terms = clipped_surrogate_loss(dist.log_prob(data["actions"][:, idx]), data["log_probs"][:, idx],
                                            data["adv"][:, idx], s.clip, m)
-            v_loss = value_loss(values, data["returns"][:, idx], m) / value_scale  # in normalised units
+            v_loss = value_loss(values, data["returns"][:, idx], m) / u.value_scale  # in normalised units
             entropy = (dist.entropy() * m).sum() / m.sum().clamp(min=1.0)
             if s.train_policy:
                 loss = terms.loss + s.value_coef * v_loss - s.entropy_coef * entropy
-            else:  # value warm-up: the policy's parameters get no gradient
+            else:  # value warm-up, or TRPO's value fit: the policy's parameters get no gradient
                 loss = s.value_coef * v_loss
             optimizer.zero_grad()
             loss.backward()
@@ -336,6 +376,54 @@ def recurrent_ppo_update(model: RecurrentActorCritic, optimizer: torch.optim.Opt
                          ("grad_norm", grad_norm)):
                 stats[k].append(float(v.item()))
     return {f"train/{k}": float(np.mean(v)) for k, v in stats.items()}
+
+
+@dataclass(frozen=True)
+class TRPOSettings:
+    """The trust region of one TRPO policy step (:func:`metarl.trpo.trpo_step`)."""
+
+    max_kl: float
+    cg_iters: int
+    cg_damping: float
+    backtrack_ratio: float
+    max_backtracks: int
+
+
+def recurrent_trpo_update(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, batch: TrialBatch,
+                          s: PPOSettings, t: TRPOSettings) -> dict[str, float]:
+    """The RL² paper's outer loop: one TRPO step of the policy over all columns, then the value fit.
+
+    Policy: ``min_theta -E[r_t A_t] - c_H H[pi_theta]`` with ``r_t = pi_theta(a_t | h_t) / pi_old(a_t | h_t)``,
+    subject to ``E[KL(pi_old(. | h_t) || pi_theta(. | h_t))] <= max_kl``, expectations over the batch's real steps
+    and ``h_t`` recomputed from the stored states (so the KL is 0 and the ratio 1 at ``theta_old``). Value: then
+    ``s.epochs`` passes of ``optimizer`` on ``c_V L_V`` alone (the value core is separate, so the policy stays as
+    the trust-region step left it). The advantages are the rollout-time critic's, as for PPO.
+    """
+    u = update_columns(model, batch, s)
+    cols = u.keep
+    inputs, states = u.data["inputs"][:, cols], u.states[cols]
+    actions, old_log_probs = u.data["actions"][:, cols], u.data["log_probs"][:, cols]
+    adv, m = u.data["adv"][:, cols], u.data["mask"][:, cols]
+    n = m.sum().clamp(min=1.0)
+    with torch.no_grad():
+        old = model.unroll_policy(inputs, states)
+
+    def loss_and_kl(need_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(need_graph):
+            dist = model.unroll_policy(inputs, states)
+            ratio = (dist.log_prob(actions) - old_log_probs).exp()
+            surrogate = -(ratio * adv * m).sum() / n
+            entropy = (dist.entropy() * m).sum() / n
+            kl = (kl_divergence(old, dist) * m).sum() / n
+            return surrogate - s.entropy_coef * entropy, kl
+
+    if not s.train_policy:  # value warm-up
+        return ppo_epochs(model, optimizer, u, s)
+    info = trpo_step(model.policy_parameters(), loss_and_kl, t.max_kl, t.cg_iters, t.cg_damping, t.backtrack_ratio,
+                     t.max_backtracks)
+    metrics = ppo_epochs(model, optimizer, u, replace(s, train_policy=False))
+    metrics.update(info.metrics())
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -364,9 +452,17 @@ class TrialPPOConfig:
     lr: float = option(1e-3, "Adam learning rate at iteration 0")
     lr_final: float = option(0.0, "learning rate after lr_decay_iterations (linear in between)")
     lr_decay_iterations: int = option(0, "iterations over which the learning rate decays to lr_final (0: constant)")
-    ppo_epochs: int = option(4, "passes over each batch of trials")
+    outer: str = option("ppo", "outer optimiser: ppo (clipped surrogate, Adam on policy and value) or trpo (the "
+                               "RL² paper's: a KL trust-region step of the policy, then Adam on the value loss; "
+                               "needs value_core=separate)")
+    max_kl: float = option(0.01, "TRPO: bound delta on the mean KL between the old and new policy per update")
+    cg_iters: int = option(10, "TRPO: conjugate-gradient iterations")
+    cg_damping: float = option(0.1, "TRPO: damping lambda added to the KL Hessian in CG")
+    ls_backtrack_ratio: float = option(0.8, "TRPO: line-search shrink factor")
+    ls_max_steps: int = option(15, "TRPO: line-search candidates before giving up (policy kept)")
+    ppo_epochs: int = option(4, "passes over each batch of trials (TRPO: passes of the value fit)")
     minibatches: int = option(4, "minibatches (of whole trials or chunks) per pass")
-    clip: float = option(0.2, "PPO clipping range epsilon")
+    clip: float = option(0.2, "PPO clipping range epsilon (TRPO: only the logged clip fraction uses it)")
     value_coef: float = option(0.5, "value-loss coefficient c_V")
     entropy_coef: float = option(0.01, "entropy bonus c_H at iteration 0")
     entropy_coef_final: float = option(0.01, "entropy bonus after entropy_decay_iterations (linear in between)")
@@ -392,6 +488,14 @@ class TrialPPOConfig:
         require_at_least(self, 1, "meta_batch_size", "trials_per_task", "episodes_per_trial", "ppo_epochs",
                          "minibatches", "adapt_trials")
         require_choice(self, "value_core", VALUE_CORES)
+        require_choice(self, "outer", OUTER_OPTIMIZERS)
+        require(self.outer != "trpo" or self.value_core == "separate",
+                "outer=trpo steps the policy within a trust region and fits the value separately, so the value needs "
+                f"a memory core of its own: set value_core=separate (got value_core={self.value_core})")
+        require_positive(self, "max_kl", "cg_iters", "ls_max_steps")
+        require(0.0 < self.ls_backtrack_ratio < 1.0,
+                f"ls_backtrack_ratio must be in (0, 1), got {self.ls_backtrack_ratio}")
+        require(self.cg_damping >= 0.0, f"cg_damping must be >= 0, got {self.cg_damping}")
         require(self.bptt_chunk >= 0, f"bptt_chunk must be >= 0 rows (0: whole trials), got {self.bptt_chunk}")
         require(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1], got {self.gamma}")
         for name in ("gae_lambda", "gae_lambda_final"):
@@ -417,6 +521,9 @@ class TrialPPOConfig:
         return PPOSettings(self.ppo_epochs, self.minibatches, self.clip, self.value_coef, self.entropy_at(iteration),
                            self.max_grad_norm, self.gamma, self.gae_lambda_at(iteration),
                            train_policy=iteration >= self.value_warmup_iterations)
+
+    def trpo_settings(self) -> TRPOSettings:
+        return TRPOSettings(self.max_kl, self.cg_iters, self.cg_damping, self.ls_backtrack_ratio, self.ls_max_steps)
 
 
 @dataclass
@@ -507,7 +614,11 @@ class TrialPPOLearner:
                              seed=self.seed * 1_000_003 + self.steps_done * 7919)
         for group in self.optimizer.param_groups:
             group["lr"] = c.lr_at(self.steps_done)
-        metrics = recurrent_ppo_update(self.model, self.optimizer, batch, c.ppo_settings(self.steps_done))
+        if c.outer == "trpo":
+            metrics = recurrent_trpo_update(self.model, self.optimizer, batch, c.ppo_settings(self.steps_done),
+                                            c.trpo_settings())
+        else:
+            metrics = recurrent_ppo_update(self.model, self.optimizer, batch, c.ppo_settings(self.steps_done))
         self.steps_done += 1
         per_episode = batch.episode_returns.mean(0)
         metrics.update({
@@ -559,6 +670,6 @@ class TrialPPOLearner:
         return self
 
 
-__all__ = ["AdaptedMemoryPolicy", "MemoryCore", "PPOSettings", "RecurrentActorCritic", "TrialPPOConfig",
-           "TrialPPOLearner", "linear_schedule", "recurrent_ppo_update", "to_chunks", "trial_advantages",
-           "unroll_by_steps"]
+__all__ = ["AdaptedMemoryPolicy", "MemoryCore", "PPOSettings", "RecurrentActorCritic", "TRPOSettings", "TrialPPOConfig",
+           "TrialPPOLearner", "UpdateColumns", "linear_schedule", "ppo_epochs", "recurrent_ppo_update",
+           "recurrent_trpo_update", "to_chunks", "trial_advantages", "unroll_by_steps", "update_columns"]

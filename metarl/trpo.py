@@ -110,6 +110,12 @@ class TRPOStepInfo:
     expected_improvement: float
     step_norm: float
 
+    def metrics(self) -> dict[str, float]:
+        """The training log's view of the step (``train/...`` keys)."""
+        return {"train/surrogate_before": self.loss_before, "train/surrogate_after": self.loss_after,
+                "train/kl": self.kl, "train/line_search_steps": float(self.line_search_steps),
+                "train/step_accepted": float(self.accepted), "train/expected_improvement": self.expected_improvement}
+
 
 def trpo_step(params: Sequence[torch.Tensor], loss_and_kl: LossAndKL, max_kl: float = 0.01, cg_iters: int = 10,
               damping: float = 0.1, backtrack_ratio: float = 0.8, max_backtracks: int = 15,
@@ -132,7 +138,11 @@ def trpo_step(params: Sequence[torch.Tensor], loss_and_kl: LossAndKL, max_kl: fl
     hvp = _damped(product, damping)
     step = conjugate_gradient(hvp, -g, cg_iters)
     shs = step @ hvp(step)  # s^T (H + damping I) s, > 0 for damping > 0
-    if not torch.isfinite(shs) or shs <= 0:
+    if not (torch.isfinite(g).all() and torch.isfinite(shs)):
+        raise FloatingPointError(f"TRPO: the loss gradient or the KL curvature is not finite (|g| = {g.norm().item()}, "
+                                 f"s^T H s = {shs.item()}); the policy's second derivatives are NaN or inf somewhere "
+                                 "(check the loss and the model for operations without a finite second derivative)")
+    if shs <= 0:
         return TRPOStepInfo(loss.item(), loss.item(), 0.0, 0, False, 0.0, 0.0)
     full_step = step * torch.sqrt(2.0 * max_kl / shs)
     expected = -(g @ full_step).item()  # first-order predicted decrease of the loss
