@@ -16,17 +16,20 @@ and episode-done flag (:func:`metarl.trials.memory_inputs`)::
 Objective: the expected total discounted reward of a whole trial, over tasks,
 ``max_theta E_{M ~ rho} E_{tau ~ pi_theta, M}[ sum_{t=0}^{T_trial} gamma^t r_t ]``: the policy is rewarded for
 exploring in early episodes when that pays off in later ones. It is optimised with PPO's clipped
-surrogate (the paper uses TRPO) and GAE over the whole trial: ``delta_t = r_t + gamma V(h_{t+1}) - V(h_t)``
-continues across episode ends, the trial's last step is terminal (:func:`metarl.recurrent.trial_advantages`),
+surrogate (or the paper's TRPO, ``outer="trpo"``) and GAE over the whole trial:
+``delta_t = r_t + gamma V(h_{t+1}) - V(h_t)`` continues across episode ends, the trial's last step is terminal
+(:func:`metarl.recurrent.trial_advantages`),
 and ``L = -E[min(r A, clip(r, 1 - eps, 1 + eps) A)] + c_V E[(V - R)^2] - c_H H[pi]`` over the real
 steps, each minibatch of trials unrolled from the hidden states stored at rollout time
 (:func:`metarl.recurrent.recurrent_ppo_update`).
 
 Choices where codebases differ, and ours:
 
-- Outer optimiser: PPO with Adam (as garage's ``RL2PPO`` and most reimplementations), not the paper's
-  TRPO; the paper's hyperparameters kept where they carry over: gamma = 0.99, GAE lambda = 0.3 on
-  bandits (sec. 4.1 / appendix), one GRU layer.
+- Outer optimiser: PPO with Adam by default (as garage's ``RL2PPO`` and most reimplementations);
+  ``outer="trpo"`` is the paper's TRPO (a KL trust-region step of the policy, ``max_kl`` = 0.01 as rllab's
+  default, then Adam on a separate value core; :func:`metarl.recurrent.recurrent_trpo_update`). The paper's
+  hyperparameters kept where they carry over: gamma = 0.99, GAE lambda = 0.3 on bandits (sec. 4.1 / appendix),
+  one GRU layer.
 - GRU size: the paper uses 256 units; ``hidden_size`` is configurable (the benchmarks record what they use).
 - Memory core: ``core="gru"`` (default) is the paper's. ``core="attention"`` swaps the GRU for causal
   self-attention over the trial's steps (:mod:`metarl.attention`; SNAIL / TrMRL-style), everything else

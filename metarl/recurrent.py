@@ -21,6 +21,13 @@ value heads on the core's output. Experience comes in trials (:mod:`metarl.trial
   surrogate (:func:`metarl.ppo.clipped_surrogate_loss`), value loss and entropy bonus are taken over
   the real steps: ``L = L_clip + c_V L_V - c_H H``.
 
+- **Or TRPO** (``outer="trpo"``, :func:`recurrent_trpo_update`; the RL² paper's outer loop). One natural-gradient
+  step of the policy's parameters over the whole batch, ``min -E[r_t A_t] - c_H H`` subject to
+  ``E[KL(pi_old(. | h_t) || pi(. | h_t))] <= max_kl`` (:mod:`metarl.trpo`: conjugate gradient on the KL's Hessian,
+  computed by double backward through the unrolled core, then a backtracking line search), followed by Adam epochs
+  on the value loss alone. It needs the separate value core: a value loss on the policy's core would move the
+  policy outside the trust region.
+
 - **Shared or separate value memory** (``value_core``). ``shared``: the value head reads the policy's core,
   ``V(h_t)``. ``separate``: a second core of the same kind reads the same inputs and only the value head
   reads it, ``V(h^V_t)`` with ``h^V_t = core_V(x_0..x_t)``, as the RL² authors' code trains a separate

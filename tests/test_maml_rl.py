@@ -158,6 +158,18 @@ def test_trpo_step_keeps_parameters_when_no_candidate_is_acceptable() -> None:
     torch.testing.assert_close(w.detach(), torch.tensor([1.0, -2.0], dtype=torch.float64))
 
 
+def test_trpo_step_raises_on_a_non_finite_curvature_instead_of_skipping() -> None:
+    """A NaN second derivative (here sqrt's at 0) must stop training with a clear error, not skip every update."""
+    w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+
+    def loss_and_kl(need_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return -w.sum(), w.pow(2).sum().sqrt()  # d2/dw2 of |w| at 0 is NaN in autograd
+
+    with pytest.raises(FloatingPointError, match="not finite"):
+        trpo_step([w], loss_and_kl, max_kl=0.01)
+    assert torch.equal(w.detach(), torch.zeros(2, dtype=torch.float64))
+
+
 # ---------------------------------------------------------------------------------------------- meta-gradients
 
 

@@ -261,12 +261,17 @@ def test_bad_config_is_rejected() -> None:
         MANNConfig(addressing="lru")
     with pytest.raises(ValueError, match=r"usage_decay must be in \[0, 1\], got 1.5"):
         MANNConfig(usage_decay=1.5)
+    with pytest.raises(ValueError, match="set compile_step=false"):
+        MANNConfig(outer="trpo", value_core="separate", compile_step=True)
+    with pytest.raises(ValueError, match="use addressing=ntm with outer=trpo"):
+        MANNConfig(outer="trpo", value_core="separate", addressing="lrua")
 
 
 @pytest.mark.parametrize(("env", "kwargs"), [
     ("metarl/Bandit-v0", ["--env-kwarg", "n_pulls=6"]),
     ("metarl/Navigation2D-v0", ["--env-kwarg", "horizon=5"]),
     ("metarl/TabularMDP-v0", ["--env-kwarg", "horizon=3", "--addressing", "lrua"]),
+    ("metarl/Navigation2D-v0", ["--env-kwarg", "horizon=5", "--outer", "trpo", "--value-core", "separate"]),
 ])
 def test_train_then_evaluate_through_the_cli(env: str, kwargs: list[str], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:

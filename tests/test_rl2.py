@@ -149,6 +149,68 @@ def test_a_value_warmup_trains_the_value_alone_then_both() -> None:
     assert moved(before) == {"value_core", "v", "core", "pi"}
 
 
+def test_trpo_steps_the_policy_within_the_trust_region_then_fits_the_value() -> None:
+    """outer=trpo: one update moves every parameter; the new policy's mean KL from the rollout's policy over the
+    batch's real steps is at most max_kl (recomputed here from the stored states), and the surrogate improved."""
+    from metarl.recurrent import recurrent_trpo_update
+
+    agent = _agent(value_core="separate", outer="trpo", max_kl=0.005)
+    model = agent.model
+    batch = agent.collect(agent.envs.sample_tasks(4, np.random.default_rng(0)), 1, 2, seed=0)
+    states = batch.initial_states.reshape(-1, batch.initial_states.shape[-1])
+    with torch.no_grad():
+        old = model.unroll_policy(batch.inputs, states)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    settings = agent.config.ppo_settings(0)
+    metrics = recurrent_trpo_update(model, agent.optimizer, batch, settings, agent.config.trpo_settings())
+    assert {k.split(".")[0] for k, v in model.named_parameters() if not torch.equal(before[k], v)} == \
+        {"core", "pi", "value_core", "v"}
+    with torch.no_grad():
+        new = model.unroll_policy(batch.inputs, states)
+        m = batch.mask
+        kl = (torch.distributions.kl_divergence(old, new) * m).sum() / m.sum()
+    assert metrics["train/step_accepted"] == 1.0
+    assert 0.0 < kl.item() <= 0.005 * (1 + 1e-6)
+    torch.testing.assert_close(torch.tensor(metrics["train/kl"]), kl)
+    assert metrics["train/surrogate_after"] < metrics["train/surrogate_before"]
+
+
+def test_trpo_curvature_through_the_gru_matches_finite_differences() -> None:
+    """The trust region's H v is autograd's double backward through torch.nn.GRU over whole trials: it must equal
+    central differences of the KL's gradient (float64)."""
+    from metarl.trpo import flat, hessian_vector_product
+
+    agent = _agent(value_core="separate", outer="trpo")
+    batch = agent.collect(agent.envs.sample_tasks(4, np.random.default_rng(0)), 1, 2, seed=0)
+    model = agent.model.double()
+    inputs = batch.inputs.double()
+    states = batch.initial_states.reshape(-1, batch.initial_states.shape[-1]).double()
+    params = model.policy_parameters()
+    with torch.no_grad():
+        old = model.unroll_policy(inputs, states)
+        for p in params:  # away from the old policy, where the KL's Hessian has more than its Fisher part
+            p.add_(0.05 * torch.randn_like(p))
+
+    def kl() -> torch.Tensor:
+        return torch.distributions.kl_divergence(old, model.unroll_policy(inputs, states)).mean()
+
+    v = torch.randn(sum(p.numel() for p in params), dtype=torch.float64)
+    hv = hessian_vector_product(kl(), params)(v)
+
+    def grad_at(shift: float) -> torch.Tensor:
+        with torch.no_grad():
+            for p, d in zip(params, v.split([p.numel() for p in params]), strict=True):
+                p.add_(shift * d.view_as(p))
+        g = flat(torch.autograd.grad(kl(), params))
+        with torch.no_grad():
+            for p, d in zip(params, v.split([p.numel() for p in params]), strict=True):
+                p.sub_(shift * d.view_as(p))
+        return g
+
+    fd = (grad_at(1e-5) - grad_at(-1e-5)) / 2e-5
+    torch.testing.assert_close(hv, fd, rtol=1e-5, atol=1e-7)
+
+
 def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: Path) -> None:
     """task_informed_value: the value head reads each trial's task parameters, stored with the batch; the update
     recomputes the rollout's values from them (whole trials and BPTT chunks); the policy ignores them; an
@@ -231,6 +293,11 @@ def test_box_actions_train_and_adapt() -> None:
     ("bptt_chunk", -1, "bptt_chunk must be >= 0"),
     ("lr_decay_iterations", -1, "lr_decay_iterations must be >= 0, got -1"),
     ("value_core", "seperate", "value_core must be one of ('shared', 'separate'), got 'seperate'"),
+    ("outer", "trpo", "set value_core=separate (got value_core=shared)"),
+    ("outer", "sgd", "outer must be one of ('ppo', 'trpo'), got 'sgd'"),
+    ("max_kl", 0.0, "max_kl must be > 0, got 0.0"),
+    ("ls_backtrack_ratio", 1.0, "ls_backtrack_ratio must be in (0, 1), got 1.0"),
+    ("cg_damping", -0.1, "cg_damping must be >= 0, got -0.1"),
 ])
 def test_bad_config_values_are_rejected(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -284,6 +351,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     (["--hidden-size", "0"], "hidden_size must be >= 1 GRU unit, got 0"),
     (["--episodes-per-trial", "0"], "episodes_per_trial must be >= 1, got 0"),
     (["--hiden-size", "8"], "hiden-size"),
+    (["--outer", "trpo"], "set value_core=separate"),
 ])
 def test_bad_cli_values_get_one_clear_error(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
