@@ -407,6 +407,8 @@ def recurrent_trpo_update(model: RecurrentActorCritic, optimizer: torch.optim.Op
     the trust-region step left it). The advantages are the rollout-time critic's, as for PPO.
     """
     u = update_columns(model, batch, s)
+    if not s.train_policy:  # value warm-up
+        return ppo_epochs(model, optimizer, u, s)
     cols = u.keep
     inputs, states = u.data["inputs"][:, cols], u.states[cols]
     actions, old_log_probs = u.data["actions"][:, cols], u.data["log_probs"][:, cols]
@@ -424,8 +426,6 @@ def recurrent_trpo_update(model: RecurrentActorCritic, optimizer: torch.optim.Op
             kl = (kl_divergence(old, dist) * m).sum() / n
             return surrogate - s.entropy_coef * entropy, kl
 
-    if not s.train_policy:  # value warm-up
-        return ppo_epochs(model, optimizer, u, s)
     info = trpo_step(model.policy_parameters(), loss_and_kl, t.max_kl, t.cg_iters, t.cg_damping, t.backtrack_ratio,
                      t.max_backtracks)
     metrics = ppo_epochs(model, optimizer, u, replace(s, train_policy=False))

@@ -129,10 +129,11 @@ def test_a_separate_value_core_trains_adapts_and_round_trips(tmp_path: Path) -> 
     assert json.loads((run / "config.json").read_text())["algo_config"]["value_core"] == "separate"
 
 
-def test_a_value_warmup_trains_the_value_alone_then_both() -> None:
+@pytest.mark.parametrize("outer", ["ppo", "trpo"])
+def test_a_value_warmup_trains_the_value_alone_then_both(outer: str) -> None:
     """value_warmup_iterations=1 with a separate value core: the first update moves the value core and head only
-    (the policy's parameters are bit-identical), the second moves the policy too."""
-    agent = _agent(value_core="separate", value_warmup_iterations=1)
+    (the policy's parameters are bit-identical), the second moves the policy too (PPO's or TRPO's step)."""
+    agent = _agent(value_core="separate", value_warmup_iterations=1, outer=outer)
     model = agent.model
 
     def snapshot() -> dict[str, torch.Tensor]:
