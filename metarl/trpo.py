@@ -134,14 +134,17 @@ def trpo_step(params: Sequence[torch.Tensor], loss_and_kl: LossAndKL, max_kl: fl
     params = list(params)
     loss, kl = loss_and_kl(True)
     g = flat(torch.autograd.grad(loss, params, retain_graph=curvature is None))
+    if not torch.isfinite(g).all():
+        raise FloatingPointError(f"TRPO: the loss gradient is not finite (|g| = {g.norm().item()}); check the loss and "
+                                 "the model for NaN or inf")
     product = hessian_vector_product(kl, params) if curvature is None else curvature()
     hvp = _damped(product, damping)
     step = conjugate_gradient(hvp, -g, cg_iters)
     shs = step @ hvp(step)  # s^T (H + damping I) s, > 0 for damping > 0
-    if not (torch.isfinite(g).all() and torch.isfinite(shs)):
-        raise FloatingPointError(f"TRPO: the loss gradient or the KL curvature is not finite (|g| = {g.norm().item()}, "
-                                 f"s^T H s = {shs.item()}); the policy's second derivatives are NaN or inf somewhere "
-                                 "(check the loss and the model for operations without a finite second derivative)")
+    if not torch.isfinite(shs):
+        raise FloatingPointError(f"TRPO: the KL curvature is not finite (s^T H s = {shs.item()}); the policy's second "
+                                 "derivatives are NaN or inf somewhere (check the loss and the model for operations "
+                                 "without a finite second derivative)")
     if shs <= 0:
         return TRPOStepInfo(loss.item(), loss.item(), 0.0, 0, False, 0.0, 0.0)
     full_step = step * torch.sqrt(2.0 * max_kl / shs)

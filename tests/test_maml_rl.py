@@ -165,9 +165,11 @@ def test_trpo_step_raises_on_a_non_finite_curvature_instead_of_skipping() -> Non
     def loss_and_kl(need_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return -w.sum(), w.pow(2).sum().sqrt()  # d2/dw2 of |w| at 0 is NaN in autograd
 
-    with pytest.raises(FloatingPointError, match="not finite"):
+    with pytest.raises(FloatingPointError, match="KL curvature is not finite"):
         trpo_step([w], loss_and_kl, max_kl=0.01)
     assert torch.equal(w.detach(), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(FloatingPointError, match="loss gradient is not finite"):  # checked before conjugate gradient
+        trpo_step([w], lambda need_graph: (w.pow(2).sum().sqrt(), w.pow(2).sum()), max_kl=0.01)
 
 
 # ---------------------------------------------------------------------------------------------- meta-gradients
