@@ -31,7 +31,8 @@ class PolicyLossTerms(NamedTuple):
     approx_kl: torch.Tensor
 
 
-def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``x`` over the real steps (``mask == 1``; all of ``x`` when ``mask`` is ``None``)."""
     if mask is None:
         return x.mean()
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
@@ -53,9 +54,9 @@ def clipped_surrogate_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
     ratio = (log_probs - old_log_probs).exp()
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
     with torch.no_grad():
-        clip_fraction = _mean(((ratio - 1).abs() > clip).float(), mask)
-        approx_kl = _mean(old_log_probs - log_probs, mask)
-    return PolicyLossTerms(-_mean(surrogate, mask), clip_fraction, approx_kl)
+        clip_fraction = masked_mean(((ratio - 1).abs() > clip).float(), mask)
+        approx_kl = masked_mean(old_log_probs - log_probs, mask)
+    return PolicyLossTerms(-masked_mean(surrogate, mask), clip_fraction, approx_kl)
 
 
 def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None,
@@ -76,7 +77,7 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor |
             raise ValueError("value clipping needs old_values (the rollout-time values)")
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         err = torch.max(err, (clipped - returns) ** 2)
-    return _mean(err, mask)
+    return masked_mean(err, mask)
 
 
-__all__ = ["PolicyLossTerms", "clipped_surrogate_loss", "value_loss"]
+__all__ = ["PolicyLossTerms", "clipped_surrogate_loss", "masked_mean", "value_loss"]

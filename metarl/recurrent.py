@@ -64,7 +64,7 @@ from torch.distributions import Distribution, kl_divergence
 from metarl.config import option, require, require_at_least, require_choice, require_positive
 from metarl.learner import AdaptationResult, AdaptedPolicy
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, encode_obs, to_env_actions
-from metarl.ppo import clipped_surrogate_loss, value_loss
+from metarl.ppo import clipped_surrogate_loss, masked_mean, value_loss
 from metarl.returns import gae, normalize
 from metarl.rollout import TaskEnvs, episode_horizon
 from metarl.trials import (
@@ -413,7 +413,6 @@ def recurrent_trpo_update(model: RecurrentActorCritic, optimizer: torch.optim.Op
     inputs, states = u.data["inputs"][:, cols], u.states[cols]
     actions, old_log_probs = u.data["actions"][:, cols], u.data["log_probs"][:, cols]
     adv, m = u.data["adv"][:, cols], u.data["mask"][:, cols]
-    n = m.sum().clamp(min=1.0)
     with torch.no_grad():
         old = model.unroll_policy(inputs, states)
 
@@ -421,10 +420,8 @@ def recurrent_trpo_update(model: RecurrentActorCritic, optimizer: torch.optim.Op
         with torch.set_grad_enabled(need_graph):
             dist = model.unroll_policy(inputs, states)
             ratio = (dist.log_prob(actions) - old_log_probs).exp()
-            surrogate = -(ratio * adv * m).sum() / n
-            entropy = (dist.entropy() * m).sum() / n
-            kl = (kl_divergence(old, dist) * m).sum() / n
-            return surrogate - s.entropy_coef * entropy, kl
+            loss = -masked_mean(ratio * adv, m) - s.entropy_coef * masked_mean(dist.entropy(), m)
+            return loss, masked_mean(kl_divergence(old, dist), m)
 
     info = trpo_step(model.policy_parameters(), loss_and_kl, t.max_kl, t.cg_iters, t.cg_damping, t.backtrack_ratio,
                      t.max_backtracks)
