@@ -320,11 +320,15 @@ def entry_name(agent: str, config: dict[str, Any]) -> str:
 
 
 def agent_label(entry: dict[str, Any]) -> str:
-    """The README's name of an entry's agent: ``RL2``, ``MANN``, ``RL2 (attention)``, ``RL2 (separate value core)``,
-    ``MANN (LRUA)``."""
+    """The README's name of an entry's agent: ``RL2``, ``RL2 (attention)``, ``RL2 (separate value core)``,
+    ``MANN (LRUA, 16 x 32 memory, 1 read head)``."""
     config = entry.get("config", {})
     notes = [config["core"]] if config.get("core", "gru") != "gru" else []
     notes += ["LRUA"] if config.get("addressing") == "lrua" else []
+    if entry["agent"] == "mann":
+        heads = config.get("read_heads", 1)
+        notes.append(f"{config.get('memory_slots', 16)} x {config.get('memory_width', 16)} memory, {heads} read "
+                     f"head{'s' if heads > 1 else ''}")
     notes += ["separate value core"] if config.get("value_core") == "separate" else []
     return entry["agent"].upper() + (f" ({', '.join(notes)})" if notes else "")
 
@@ -362,6 +366,9 @@ def memory_agent_parser(description: str, iterations: int, quick: str) -> argpar
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="keep the training run in this folder (a checkpoint at every periodic check; "
                              "`metarl evaluate DIR` loads it) instead of a temporary one")
+    parser.add_argument("--entry", default=None,
+                        help="the entry's key in the results file (default: from the agent, its memory and the "
+                             "setting, e.g. mann_lrua_n10); name one to keep an entry of the same agent beside it")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its last checkpoint (same options; --iterations "
                              "may grow, but the learning-rate and entropy schedules stay the run's); the entry then "
@@ -418,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = {"source": "RL² (Duan et al. 2016) Table 1", "env": "metarl/Bandit-v0",
              "metric": "total reward of one trial of n pulls, mean ± 95% CI over test bandits",
              "reference": "benchmarks/bandit_baselines.py (same test bandits and reward stream)"}
-    key = f"{entry_name(args.agent, entry['config'])}_n{args.n}_k{args.k}"
+    key = args.entry or f"{entry_name(args.agent, entry['config'])}_n{args.n}_k{args.k}"
     final = merge_entry(out, key, entry, setup, time.perf_counter() - t0)
     plot_training(final["entries"], out.with_suffix(".png"), "gittins", "rollout/return_mean",
                   "n={n_pulls}, k={n_arms}")

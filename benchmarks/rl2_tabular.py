@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     setup = {"source": "RL² (Duan et al. 2016) Table 2", "env": "metarl/TabularMDP-v0",
              "metric": "total reward of a trial of n episodes of 10 steps, mean ± 95% CI over test MDPs"}
-    key = f"{entry_name(args.agent, entry['config'])}_n{args.n}"
+    key = args.entry or f"{entry_name(args.agent, entry['config'])}_n{args.n}"
     final = merge_entry(out, key, entry, setup, time.perf_counter() - t0)
     plot_training(final["entries"], out.with_suffix(".png"), "", "rollout/return_mean", "n={n_episodes} episodes")
     print(readme_table(final))

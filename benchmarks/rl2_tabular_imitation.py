@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few updates, 20 test MDPs, temporary file")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--entry", default=None,
+                        help="the entry's key in the results file (default: from the agent and its memory, e.g. "
+                             "mann_lrua_n10); name one to keep an entry of the same agent beside it")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     updates, n_test = (3, 20) if args.quick else (args.updates, 1000)
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     setup = {"expert": "myopic strategy on the posterior-mean rewards (MyopicExpert)", "env": "metarl/TabularMDP-v0"}
     # Other entries (e.g. the other core's) are kept; each keeps the provenance of the run that made it.
-    final = merge_entry(out, f"{entry_name(args.agent, config)}_n{args.n}", entry, setup,
+    final = merge_entry(out, args.entry or f"{entry_name(args.agent, config)}_n{args.n}", entry, setup,
                         time.perf_counter() - t0)
     print(readme_table(final))
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

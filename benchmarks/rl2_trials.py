@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.run_dir, args.resume)
     setup = {"metric": "return per episode within a trial, mean ± 95% CI over test tasks",
              "reference": "MAML-RL curve from benchmarks/results/maml_rl_navigation.json (as committed)"}
-    final = merge_entry(out, f"{entry_name(args.agent, entry['config'])}_{args.env}", entry, setup,
+    final = merge_entry(out, args.entry or f"{entry_name(args.agent, entry['config'])}_{args.env}", entry, setup,
                         time.perf_counter() - t0)
     print(readme_table(final))
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -385,6 +385,7 @@ def test_rl2_learns_a_small_bandit() -> None:
     ("rl2_bandits.py", ["--n", "10", "--k", "3"]),
     ("rl2_bandits.py", ["--agent", "mann", "--n", "10", "--k", "3", "--set", "controller_size=8"]),
     ("rl2_tabular.py", ["--n", "2"]),
+    ("rl2_tabular.py", ["--n", "2", "--agent", "mann", "--set", "memory_slots=8", "--entry", "mann_small_n2"]),
     ("rl2_tabular_imitation.py", ["--n", "2"]),
     ("rl2_tabular_imitation.py", ["--n", "2", "--agent", "mann", "--set", "memory_slots=8"]),
     ("rl2_bandit_imitation.py", ["--n", "10", "--k", "3"]),
@@ -413,6 +414,9 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
         assert entry["result_greedy"]["n"] == entry["classical"]["greedy"]["n"] == entry["classical"]["psrl"]["n"]
         paired = entry["result"]["mean"] - entry["classical"]["greedy"]["mean"]
         assert entry["minus_greedy"]["mean"] == pytest.approx(paired)
+        if "--entry" in args:  # the named key, and a README label that tells memories apart
+            assert list(d["entries"]) == ["mann_small_n2"]
+            assert "| 2 | MANN (8 x 16 memory, 1 read head) |" in proc.stdout
     if script == "rl2_tabular_imitation.py":  # the entry names the cloned agent and the config it was built with
         (key, entry), = d["entries"].items()
         assert key == f"{entry['agent']}_n2" and ("mann" in args) == (entry["agent"] == "mann")
