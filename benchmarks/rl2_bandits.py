@@ -376,10 +376,21 @@ def memory_agent_parser(description: str, iterations: int, quick: str) -> argpar
     return parser
 
 
+def add_init_option(parser: argparse.ArgumentParser, cloner: str) -> None:
+    """``--init FILE``: start PPO from saved weights (``cloner --save`` or a kept run's checkpoint)."""
+    parser.add_argument("--init", type=Path, default=None,
+                        help=f"start from the model weights in this file ({cloner} --save, or a kept run's "
+                             "checkpoint.pt) instead of a fresh model; the optimizer and schedules start fresh")
+
+
 def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--resume`` needs ``--run-dir``: say so before any work."""
+    """``--resume`` needs ``--run-dir``, and ``--init`` an existing file: say so before any work."""
     if args.resume and args.run_dir is None:
         parser.error("--resume continues a kept run: give its folder with --run-dir DIR")
+    init = getattr(args, "init", None)
+    if init is not None and not init.is_file():
+        parser.error(f"--init {init}: no such file; give a weights file a cloning script's --save wrote or a kept "
+                     "run's checkpoint.pt")
 
 
 def resume_fields(run: TrainedRun) -> dict[str, Any]:
@@ -401,10 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = memory_agent_parser(__doc__.split("\n\n")[0], 300, "3 iterations, 50 test bandits, temporary output")
     parser.add_argument("--n", type=int, default=100, help="pulls per trial")
     parser.add_argument("--k", type=int, default=5, help="arms")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from the model weights in this file (rl2_bandit_imitation.py --save, or a kept "
-                             "run's checkpoint.pt) instead of "
-                             "a fresh model; the optimizer and schedules start fresh")
+    add_init_option(parser, "rl2_bandit_imitation.py")
     args = parser.parse_args(argv)
     check_run_args(parser, args)
     torch.set_num_threads(1)
@@ -417,8 +425,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.out is None:
             out = Path(tempfile.mkdtemp()) / "rl2_bandits.json"
     t0 = time.perf_counter()
-    if args.init is not None and not args.init.is_file():
-        parser.error(f"--init {args.init}: no such file; give the weights file rl2_bandit_imitation.py --save wrote")
     entry = run_setting(args.agent, args.n, args.k, iterations, args.seed, n_test, overrides, args.run_dir,
                         args.resume, args.init)
     entry["quick"] = args.quick

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import (  # noqa: E402
+    add_init_option,
     agent_label,
     check_run_args,
     compact_curve,
@@ -87,6 +88,7 @@ def readme_table(d: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = memory_agent_parser(__doc__.split("\n\n")[0], 300, "2 iterations, 20 test MDPs, temporary output")
     parser.add_argument("--n", type=int, default=10, help="episodes per trial")
+    add_init_option(parser, "rl2_tabular_imitation.py")
     args = parser.parse_args(argv)
     check_run_args(parser, args)
     torch.set_num_threads(1)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = train_memory_learner(
         args.agent, "metarl/TabularMDP-v0", {}, config_to_dict(config), iterations, args.seed,
         eval_every=max(iterations // 10, 1), eval_tasks=100, eval_budget=args.n - 1, run_dir=args.run_dir,
-        resume=args.resume)
+        resume=args.resume, init=args.init)
     learner, envs, curve, wall = run.learner, run.envs, run.curve, run.wall
     tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
     torch.manual_seed(0)
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     entry = {
         "agent": args.agent, "n_episodes": args.n, "config": config_to_dict(config), "iterations": iterations,
         "train_env_steps": env_steps, "train_wall_time_s": wall, "quick": args.quick, **resume_fields(run),
+        **({"init": str(args.init)} if args.init is not None else {}),
         "reduced": True, "reduced_note": f"{iterations} iterations x {config.meta_batch_size} trials on 2 shared "
                                          "CPU cores; the paper trained with TRPO on far larger batches",
         "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
 from rl2_bandits import entry_name, merge_entry  # noqa: E402
 
+from metarl.checkpoint import save_checkpoint  # noqa: E402
 from metarl.cli import _parse_env_kwargs, build_learner  # noqa: E402
 from metarl.envs.tabular_mdp import TabularMDPEnv  # noqa: E402
 from metarl.stats import mean_ci95  # noqa: E402
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few updates, 20 test MDPs, temporary file")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write the cloned model's weights here (rl2_tabular.py --init starts PPO from them)")
     parser.add_argument("--entry", default=None,
                         help="the entry's key in the results file (default: from the agent and its memory, e.g. "
                              "mann_lrua_n10); name one to keep an entry of the same agent beside it")
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     expert = MyopicExpert(envs.env.unwrapped.n_states, envs.env.unwrapped.n_actions)
     curve = clone(learner, envs, expert, updates, args.trials, args.n, args.lr, args.seed)
     train_s = time.perf_counter() - t0
+    if args.save is not None:
+        save_checkpoint(args.save, {"model": learner.model.state_dict(), "algo": args.agent, "algo_config": config,
+                                    "env": "metarl/TabularMDP-v0", "updates": updates})
     tasks = TabularMDPEnv().sample_tasks(n_test, np.random.default_rng(0), split="test")
     torch.manual_seed(0)
     sampled = learner.adapt_many(tasks, args.n - 1, seed=0, episodes_per_step=1).stage_returns.sum(1)
@@ -178,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_episodes": args.n, "agent": args.agent, "config": config, "updates": updates,
         "trials_per_update": args.trials, "lr": args.lr,
         "train_wall_time_s": train_s, "quick": args.quick,
+        **({"saved_to": str(args.save)} if args.save is not None else {}),
         "test": {"n_mdps": n_test, "split": "test", "task_seed": 0, "env_seed": 0},
         "cloned_sampled": mean_ci95(sampled).to_dict(), "cloned_greedy": mean_ci95(greedy).to_dict(),
         "expert": mean_ci95(expert_total).to_dict(),

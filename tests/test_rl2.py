@@ -423,6 +423,31 @@ def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Pat
         assert entry["config"].get("memory_slots") == (8 if "mann" in args else None)
 
 
+@pytest.mark.slow
+def test_tabular_ppo_starts_from_a_saved_clone(tmp_path: Path) -> None:
+    """``rl2_tabular_imitation.py --save`` writes weights that ``rl2_tabular.py --init`` starts PPO from (the entry
+    records the file); a missing file is refused before any work."""
+    import subprocess
+    import sys
+
+    weights, scripts = tmp_path / "clone.pt", ROOT / "benchmarks"
+    mann = ["--agent", "mann", "--n", "2", "--set", "memory_slots=4", "--set", "addressing=lrua"]
+    proc = subprocess.run([sys.executable, str(scripts / "rl2_tabular_imitation.py"), "--quick", "--out",
+                           str(tmp_path / "clone.json"), "--save", str(weights), *mann],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "clone.json").read_text())["entries"]["mann_lrua_n2"]["saved_to"] == str(weights)
+    out = tmp_path / "ppo.json"
+    proc = subprocess.run([sys.executable, str(scripts / "rl2_tabular.py"), "--quick", "--out", str(out),
+                           "--init", str(weights), *mann], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["entries"]["mann_lrua_n2"]["init"] == str(weights)
+    proc = subprocess.run([sys.executable, str(scripts / "rl2_tabular.py"), "--quick", "--out", str(out),
+                           "--init", str(tmp_path / "missing.pt"), *mann], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert proc.returncode == 2 and "--init" in proc.stderr and "missing.pt: no such file" in proc.stderr
+
+
 def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
     """``--run-dir`` keeps a benchmark's training run; resuming it (here after 2 of 4 iterations) gives the
     uninterrupted run's training curve and weights, and the entry's curve and wall time cover both segments."""
