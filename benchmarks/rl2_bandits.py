@@ -321,7 +321,7 @@ def entry_name(agent: str, config: dict[str, Any]) -> str:
 
 def agent_label(entry: dict[str, Any]) -> str:
     """The README's name of an entry's agent: ``RL2``, ``RL2 (attention)``, ``RL2 (separate value core)``,
-    ``MANN (LRUA, 16 x 32 memory, 1 read head)``."""
+    ``MANN (LRUA, 16 x 32 memory, 1 read head)``; ``..., PPO from clone.pt)`` for a run started from saved weights."""
     config = entry.get("config", {})
     notes = [config["core"]] if config.get("core", "gru") != "gru" else []
     notes += ["LRUA"] if config.get("addressing") == "lrua" else []
@@ -330,6 +330,7 @@ def agent_label(entry: dict[str, Any]) -> str:
         notes.append(f"{config.get('memory_slots', 16)} x {config.get('memory_width', 16)} memory, {heads} read "
                      f"head{'s' if heads > 1 else ''}")
     notes += ["separate value core"] if config.get("value_core") == "separate" else []
+    notes += [f"PPO from {Path(entry['init']).name}"] if entry.get("init") else []
     return entry["agent"].upper() + (f" ({', '.join(notes)})" if notes else "")
 
 
