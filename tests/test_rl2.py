@@ -442,6 +442,11 @@ def test_tabular_ppo_starts_from_a_saved_clone(tmp_path: Path) -> None:
                            "--init", str(weights), *mann], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())["entries"]["mann_lrua_n2"]["init"] == str(weights)
+    # The weights reach the model: a clone of another memory's shape is refused by name.
+    proc = subprocess.run([sys.executable, str(scripts / "rl2_tabular.py"), "--quick", "--out", str(out),
+                           "--init", str(weights), *mann, "--set", "memory_width=8"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and "its model does not fit this agent's" in proc.stderr, proc.stderr[-3000:]
     proc = subprocess.run([sys.executable, str(scripts / "rl2_tabular.py"), "--quick", "--out", str(out),
                            "--init", str(tmp_path / "missing.pt"), *mann], capture_output=True, text=True, timeout=60,
                           cwd=ROOT)
