@@ -367,14 +367,19 @@ def memory_agent_parser(description: str, iterations: int, quick: str) -> argpar
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="keep the training run in this folder (a checkpoint at every periodic check; "
                              "`metarl evaluate DIR` loads it) instead of a temporary one")
-    parser.add_argument("--entry", default=None,
-                        help="the entry's key in the results file (default: from the agent, its memory and the "
-                             "setting, e.g. mann_lrua_n10); name one to keep an entry of the same agent beside it")
+    add_entry_option(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its last checkpoint (same options; --iterations "
                              "may grow, but the learning-rate and entropy schedules stay the run's); the entry then "
                              "counts every segment's training")
     return parser
+
+
+def add_entry_option(parser: argparse.ArgumentParser) -> None:
+    """``--entry KEY``: the results-file key of the run's entry instead of the one made from the agent and setting."""
+    parser.add_argument("--entry", default=None,
+                        help="the entry's key in the results file (default: from the agent, its memory and the "
+                             "setting, e.g. mann_lrua_n10); name one to keep an entry of the same agent beside it")
 
 
 def add_init_option(parser: argparse.ArgumentParser, cloner: str) -> None:

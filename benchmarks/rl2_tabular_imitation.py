@@ -44,7 +44,7 @@ from torch.distributions import Categorical, Distribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation_common import machine_line  # noqa: E402
-from rl2_bandits import entry_name, merge_entry  # noqa: E402
+from rl2_bandits import add_entry_option, entry_name, merge_entry  # noqa: E402
 
 from metarl.checkpoint import save_checkpoint  # noqa: E402
 from metarl.cli import _parse_env_kwargs, build_learner  # noqa: E402
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--save", type=Path, default=None,
                         help="write the cloned model's weights here (rl2_tabular.py --init starts PPO from them)")
-    parser.add_argument("--entry", default=None,
-                        help="the entry's key in the results file (default: from the agent and its memory, e.g. "
-                             "mann_lrua_n10); name one to keep an entry of the same agent beside it")
+    add_entry_option(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     updates, n_test = (3, 20) if args.quick else (args.updates, 1000)
