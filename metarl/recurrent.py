@@ -51,6 +51,7 @@ no Python loop over trials.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -188,13 +189,15 @@ class RecurrentActorCritic(nn.Module):
         """Core outputs ``[..., B, H]`` and step indices ``[..., B]`` -> action distribution (batch shape
         ``[..., B]``) and values ``[..., B]``; the value head reads ``value_out`` (the value core's outputs) when
         given, and each column's task features ``task [B, F]`` when it is task-informed."""
-        dist = self.action_distribution(out)
-        v_in = out if value_out is None else value_out
+        return self.action_distribution(out), self.value_head(out if value_out is None else value_out, time, task)
+
+    def value_head(self, v_in: torch.Tensor, time: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """``V`` from the outputs ``[..., B, H]`` of the core it reads (see :meth:`heads`): values ``[..., B]``."""
         if self.time_scale > 0:
             v_in = torch.cat([v_in, (time.to(v_in.dtype) / self.time_scale)[..., None]], -1)
         if self.task_dim > 0:
             if task is None:  # e.g. an adapted policy acting on a new task: no privileged information
-                return dist, torch.full(out.shape[:-1], math.nan, dtype=out.dtype, device=out.device)
+                return torch.full(v_in.shape[:-1], math.nan, dtype=v_in.dtype, device=v_in.device)
             if task.shape != (*v_in.shape[-2:-1], self.task_dim):
                 raise ValueError(f"task features must have shape [B, {self.task_dim}] = "
                                  f"{[*v_in.shape[-2:-1], self.task_dim]}, got {list(task.shape)}")
@@ -202,7 +205,7 @@ class RecurrentActorCritic(nn.Module):
         values = self.v(v_in).squeeze(-1)
         if self.normalize_values:
             values = values * self.value_std.to(values.dtype) + self.value_mean.to(values.dtype)
-        return dist, values
+        return values
 
     def action_distribution(self, out: torch.Tensor) -> Distribution:
         """``pi(. | h)`` from the policy core's outputs ``[..., B, H]``."""
@@ -219,6 +222,15 @@ class RecurrentActorCritic(nn.Module):
         """``pi(. | h_t)`` over ``inputs [T, B, D_in]`` unrolled from ``state [B, S]``, the policy core alone."""
         out, _ = self.core.unroll(inputs, state[..., :self._split])  # type: ignore[operator]
         return self.action_distribution(out)
+
+    def unroll_values(self, inputs: torch.Tensor, state: torch.Tensor, time: torch.Tensor,
+                      task: torch.Tensor | None = None) -> torch.Tensor:
+        """``V(h_t)`` over ``inputs [T, B, D_in]`` unrolled from ``state [B, S]`` (arguments as :meth:`evaluate`):
+        with a separate value core that core alone is unrolled; a shared core is unrolled as in :meth:`evaluate`."""
+        if self.value_core is None:
+            return self.evaluate(inputs, state, time, task)[1]
+        value_out, _ = self.value_core.unroll(inputs, state[..., self._split:])  # type: ignore[operator]
+        return self.value_head(value_out, time, task)
 
     @property
     def value_std(self) -> torch.Tensor:
@@ -356,33 +368,38 @@ def ppo_epochs(model: RecurrentActorCritic, optimizer: torch.optim.Optimizer, u:
     or ``c_V L_V`` alone when ``s.train_policy`` is false."""
     data, states, task, keep = u.data, u.states, u.task, u.keep
     n_cols = int(keep.numel())
-    stats: dict[str, list[float]] = {k: [] for k in ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
-                                                   "approx_kl", "grad_norm")}
+    stats: dict[str, list[float]] = defaultdict(list)
     for _ in range(s.epochs):
         perm = keep[torch.randperm(n_cols, device=keep.device)]
         for idx in perm.chunk(min(s.minibatches, n_cols)):
             m = data["mask"][:, idx]
-            dist, values, _ = model.evaluate(data["inputs"][:, idx], states[idx], data["time"][:, idx],
-                                             None if task is None else task[idx])
-            terms = clipped_surrogate_loss(dist.log_prob(data["actions"][:, idx]), data["log_probs"][:, idx],
-                                           data["adv"][:, idx], s.clip, m)
-            v_loss = value_loss(values, data["returns"][:, idx], m) / u.value_scale  # in normalised units
-            entropy = (dist.entropy() * m).sum() / m.sum().clamp(min=1.0)
+            cols_task = None if task is None else task[idx]
+            logged: dict[str, torch.Tensor] = {}
             if s.train_policy:
-                loss = terms.loss + s.value_coef * v_loss - s.entropy_coef * entropy
-            else:  # value warm-up, or TRPO's value fit: the policy's parameters get no gradient
-                loss = s.value_coef * v_loss
+                dist, values, _ = model.evaluate(data["inputs"][:, idx], states[idx], data["time"][:, idx], cols_task)
+                terms = clipped_surrogate_loss(dist.log_prob(data["actions"][:, idx]), data["log_probs"][:, idx],
+                                               data["adv"][:, idx], s.clip, m)
+                entropy = masked_mean(dist.entropy(), m)
+                logged.update(policy_loss=terms.loss, entropy=entropy, clip_fraction=terms.clip_fraction,
+                              approx_kl=terms.approx_kl)
+            else:  # value warm-up, or TRPO's value fit: the policy's parameters get no gradient (and with a
+                # separate value core the policy core is not even unrolled)
+                values = model.unroll_values(data["inputs"][:, idx], states[idx], data["time"][:, idx], cols_task)
+            v_loss = value_loss(values, data["returns"][:, idx], m) / u.value_scale  # in normalised units
+            loss = s.value_coef * v_loss
+            if s.train_policy:
+                loss = terms.loss + loss - s.entropy_coef * entropy
             optimizer.zero_grad()
             loss.backward()
             # Logged before clipping: the diagnostic that exposed the value loss filling the shared core's
             # gradient (module docstring).
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm or math.inf)
             optimizer.step()
-            for k, v in (("loss", loss), ("policy_loss", terms.loss), ("value_loss", v_loss), ("entropy", entropy),
-                         ("clip_fraction", terms.clip_fraction), ("approx_kl", terms.approx_kl),
-                         ("grad_norm", grad_norm)):
+            logged.update(loss=loss, value_loss=v_loss, grad_norm=grad_norm)
+            for k, v in logged.items():
                 stats[k].append(float(v.item()))
-    return {f"train/{k}": float(np.mean(v)) for k, v in stats.items()}
+    order = ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "grad_norm")
+    return {f"train/{k}": float(np.mean(stats[k])) for k in order if k in stats}
 
 
 @dataclass(frozen=True)
@@ -427,6 +444,7 @@ def recurrent_trpo_update(model: RecurrentActorCritic, optimizer: torch.optim.Op
                      t.max_backtracks)
     metrics = ppo_epochs(model, optimizer, u, replace(s, train_policy=False))
     metrics.update(info.metrics())
+    metrics["train/entropy"] = float(masked_mean(old.entropy(), m))  # of the policy that collected the batch
     return metrics
 
 

@@ -150,6 +150,31 @@ def test_a_value_warmup_trains_the_value_alone_then_both(outer: str) -> None:
     assert moved(before) == {"value_core", "v", "core", "pi"}
 
 
+@pytest.mark.parametrize("task_informed", [False, True])
+def test_the_value_fit_unrolls_the_value_core_alone(task_informed: bool) -> None:
+    """With a separate value core, ``unroll_values`` equals ``evaluate``'s values exactly, and a value-only pass of
+    ``ppo_epochs`` (warm-up, TRPO's value fit) never unrolls the policy core."""
+    from metarl.recurrent import ppo_epochs, update_columns
+
+    agent = _agent(value_core="separate", task_informed_value=task_informed, bptt_chunk=4)
+    model = agent.model
+    batch = agent.collect(agent.envs.sample_tasks(4, np.random.default_rng(0)), 1, 2, seed=0)
+    settings = dataclasses.replace(agent.config.ppo_settings(0), train_policy=False)
+    u = update_columns(model, batch, settings)
+    cols = u.keep
+    task = None if u.task is None else u.task[cols]
+    args = (u.data["inputs"][:, cols], u.states[cols], u.data["time"][:, cols], task)
+    with torch.no_grad():
+        _, values, _ = model.evaluate(*args)
+        torch.testing.assert_close(model.unroll_values(*args), values, rtol=0, atol=0)
+    calls = []
+    unroll = model.core.unroll
+    model.core.unroll = lambda *a: calls.append(1) or unroll(*a)  # type: ignore[method-assign]
+    metrics = ppo_epochs(model, agent.optimizer, u, settings)
+    assert not calls
+    assert set(metrics) == {"train/loss", "train/value_loss", "train/grad_norm"}
+
+
 def test_trpo_steps_the_policy_within_the_trust_region_then_fits_the_value() -> None:
     """outer=trpo: one update moves every parameter; the new policy's mean KL from the rollout's policy over the
     batch's real steps is at most max_kl (recomputed here from the stored states), and the surrogate improved."""
