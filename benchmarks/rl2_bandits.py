@@ -321,11 +321,13 @@ def entry_name(agent: str, config: dict[str, Any]) -> str:
 
 def agent_label(entry: dict[str, Any]) -> str:
     """The README's name of an entry's agent: ``RL2``, ``RL2 (attention)``, ``RL2 (separate value core)``,
-    ``MANN (LRUA, 16 x 32 memory, 1 read head)``; ``..., PPO from clone.pt)`` for a run started from saved weights."""
+    ``MANN (LRUA, 16 x 32 memory, 1 read head)``, ``MANN (GRU controller, ...)`` (the default LSTM is not named);
+    ``..., PPO from clone.pt)`` for a run started from saved weights."""
     config = entry.get("config", {})
     notes = [config["core"]] if config.get("core", "gru") != "gru" else []
     notes += ["LRUA"] if config.get("addressing") == "lrua" else []
     if entry["agent"] == "mann":
+        notes += ["GRU controller"] if config.get("controller", "lstm") == "gru" else []
         heads = config.get("read_heads", 1)
         notes.append(f"{config.get('memory_slots', 16)} x {config.get('memory_width', 16)} memory, {heads} read "
                      f"head{'s' if heads > 1 else ''}")

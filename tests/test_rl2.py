@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +284,6 @@ def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: 
     assert json.loads((run / "config.json").read_text())["algo_config"]["task_informed_value"] is True
     # The offline critic study reads such a kept run (smoke), and its least-squares fit is exact on linear data.
     import subprocess
-    import sys
 
     out = tmp_path / "fit.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rl2_critic_fit.py"), str(run), "--quick", "--out",
@@ -419,7 +419,6 @@ def test_rl2_learns_a_small_bandit() -> None:
 ])
 def test_benchmark_scripts_run_quick(script: str, args: list[str], tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     out = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
@@ -453,7 +452,6 @@ def test_tabular_ppo_starts_from_a_saved_clone(tmp_path: Path) -> None:
     """``rl2_tabular_imitation.py --save`` writes weights that ``rl2_tabular.py --init`` starts PPO from (the entry
     records the file); a missing file is refused before any work."""
     import subprocess
-    import sys
 
     weights, scripts = tmp_path / "clone.pt", ROOT / "benchmarks"
     mann = ["--agent", "mann", "--n", "2", "--set", "memory_slots=4", "--set", "addressing=lrua"]
@@ -478,10 +476,23 @@ def test_tabular_ppo_starts_from_a_saved_clone(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--init" in proc.stderr and "missing.pt: no such file" in proc.stderr
 
 
+def test_benchmark_labels_tell_the_memory_agents_apart() -> None:
+    """The README's agent names: a MANN label gives the memory's shape, addressing and a non-default controller."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from rl2_bandits import agent_label
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert agent_label({"agent": "rl2", "config": {"value_core": "separate"}}) == "RL2 (separate value core)"
+    assert agent_label({"agent": "mann", "config": {"controller": "lstm"}}) == "MANN (16 x 16 memory, 1 read head)"
+    assert agent_label({"agent": "mann", "config": {"controller": "gru", "addressing": "lrua", "memory_slots": 128,
+                                                    "read_heads": 4}, "init": "runs/clone.pt"}) == \
+        "MANN (LRUA, GRU controller, 128 x 16 memory, 4 read heads, PPO from clone.pt)"
+
+
 def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
     """``--run-dir`` keeps a benchmark's training run; resuming it (here after 2 of 4 iterations) gives the
     uninterrupted run's training curve and weights, and the entry's curve and wall time cover both segments."""
-    import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from rl2_bandits import resume_fields, train_memory_learner
@@ -527,7 +538,6 @@ def test_clone_then_fine_tune_then_compare_under_the_objective(tmp_path: Path) -
     PPO from them in a kept run, and compare both (and Gittins) under the discounted objective on the same
     draws; the first policy's paired differences with itself are exactly zero."""
     import subprocess
-    import sys
 
     def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
@@ -559,7 +569,6 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
     """``rl2_bandits.py --init FILE`` starts PPO from the weights a cloning run saved or a kept run's checkpoint:
     they are loaded as they are (the value core too), and a file whose model has another shape is refused with the
     names that differ."""
-    import sys
 
     from metarl.checkpoint import save_checkpoint
     from metarl.cli import build_learner
@@ -592,7 +601,6 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
 
 
 def test_benchmark_resume_without_a_run_dir_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from rl2_bandits import main as bandits_main
@@ -605,7 +613,6 @@ def test_benchmark_resume_without_a_run_dir_is_refused(capsys: pytest.CaptureFix
 def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() -> None:
     """The imitation benchmark's expert, reading only RL²'s inputs, takes at every step an action of largest
     posterior-mean reward in the current state, the posterior recomputed from the trial's recorded steps."""
-    import sys
 
     from metarl.envs.tabular_mdp import TabularMDPEnv
     from metarl.tabular import Posterior, TabularPrior
@@ -634,7 +641,6 @@ def test_gittins_expert_pulls_an_arm_of_largest_gittins_index_given_the_trial_so
     """The bandit imitation benchmark's expert, reading only RL²'s inputs, pulls at every step an arm whose
     Gittins index (the table metarl.bandits.Gittins plays) is the largest, the successes and failures counted
     from the trial's recorded pulls; ties are broken at random."""
-    import sys
 
     from metarl.bandits import Gittins
     from metarl.envs.bandit import BanditEnv
