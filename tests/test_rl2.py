@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,6 +22,15 @@ from metarl.recurrent import AdaptedMemoryPolicy, unroll_by_steps
 from metarl.rollout import TaskEnvs
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark(name: str) -> ModuleType:
+    """A script of ``benchmarks/`` imported as a module (the folder is on ``sys.path`` only while importing)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_gru_unroll_equals_steps() -> None:
@@ -292,11 +303,7 @@ def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: 
     rows = json.loads(out.read_text())["entries"]["run"]["squared_error_per_step"]
     assert len(rows) == 7 and all(np.isfinite(r["mean"]) and r["n"] == 16 for r in rows.values()), rows
     assert "| critic" in proc.stdout
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from rl2_critic_fit import fit_and_score
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    fit_and_score = _benchmark("rl2_critic_fit").fit_and_score
     x = torch.randn(5, 8, 3)
     err = fit_and_score(x, x @ torch.tensor([1.0, -2.0, 0.5]) + 3.0, slice(0, 6), slice(6, 8), hidden=0, steps=1)
     assert err.shape == (5, 2) and float(err.max()) < 1e-8
@@ -478,11 +485,7 @@ def test_tabular_ppo_starts_from_a_saved_clone(tmp_path: Path) -> None:
 
 def test_benchmark_labels_tell_the_memory_agents_apart() -> None:
     """The README's agent names: a MANN label gives the memory's shape, addressing and a non-default controller."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from rl2_bandits import agent_label
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    agent_label = _benchmark("rl2_bandits").agent_label
     assert agent_label({"agent": "rl2", "config": {"value_core": "separate"}}) == "RL2 (separate value core)"
     assert agent_label({"agent": "mann", "config": {"controller": "lstm"}}) == "MANN (16 x 16 memory, 1 read head)"
     assert agent_label({"agent": "mann", "config": {"controller": "gru", "addressing": "lrua", "memory_slots": 128,
@@ -493,9 +496,8 @@ def test_benchmark_labels_tell_the_memory_agents_apart() -> None:
 def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
     """``--run-dir`` keeps a benchmark's training run; resuming it (here after 2 of 4 iterations) gives the
     uninterrupted run's training curve and weights, and the entry's curve and wall time cover both segments."""
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rl2_bandits import resume_fields, train_memory_learner
+    script = _benchmark("rl2_bandits")
+    resume_fields, train_memory_learner = script.resume_fields, script.train_memory_learner
 
     config = {"meta_batch_size": 4, "hidden_size": 8, "episodes_per_trial": 1}
     kwargs = {"eval_every": 2, "eval_tasks": 3, "eval_budget": 0}
@@ -573,8 +575,8 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
     from metarl.checkpoint import save_checkpoint
     from metarl.cli import build_learner
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rl2_bandits import load_init_weights, train_memory_learner
+    script = _benchmark("rl2_bandits")
+    load_init_weights, train_memory_learner = script.load_init_weights, script.train_memory_learner
 
     env, env_kwargs = "metarl/Bandit-v0", {"n_arms": 3, "n_pulls": 5}
     config = {"meta_batch_size": 4, "hidden_size": 8, "episodes_per_trial": 1, "value_core": "separate"}
@@ -601,9 +603,7 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
 
 
 def test_benchmark_resume_without_a_run_dir_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rl2_bandits import main as bandits_main
+    bandits_main = _benchmark("rl2_bandits").main
 
     with pytest.raises(SystemExit):
         bandits_main(["--quick", "--resume"])
@@ -618,8 +618,7 @@ def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() 
     from metarl.tabular import Posterior, TabularPrior
     from metarl.trials import collect_trials
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rl2_tabular_imitation import MyopicExpert
+    MyopicExpert = _benchmark("rl2_tabular_imitation").MyopicExpert
 
     envs = TaskEnvs("metarl/TabularMDP-v0", {"n_states": 4, "n_actions": 3, "horizon": 5})
     tasks = TabularMDPEnv(n_states=4, n_actions=3).sample_tasks(6, np.random.default_rng(0))
@@ -646,8 +645,7 @@ def test_gittins_expert_pulls_an_arm_of_largest_gittins_index_given_the_trial_so
     from metarl.envs.bandit import BanditEnv
     from metarl.trials import collect_trials
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from rl2_bandit_imitation import GittinsExpert
+    GittinsExpert = _benchmark("rl2_bandit_imitation").GittinsExpert
 
     n, k, b = 12, 3, 40
     envs = TaskEnvs("metarl/Bandit-v0", {"n_arms": k, "n_pulls": n})
