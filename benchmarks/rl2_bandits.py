@@ -239,7 +239,9 @@ def plot_training(entries: dict[str, dict[str, Any]], path: Path, reference: str
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in entries.values():
         groups.setdefault(setting.format(**e), []).append(e)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 3.8), squeeze=False)
+    # The legends go below the panels (two lines per entry): a panel of many entries stays readable.
+    lines = 2 * max(len(g) for g in groups.values()) + 1
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 3.8 + 0.17 * lines), squeeze=False)
     for ax, (title, group) in zip(axes[0], sorted(groups.items()), strict=True):
         for e in group:
             per_iteration = e["train_env_steps"] / max(e["iterations"], 1)
@@ -254,7 +256,7 @@ def plot_training(entries: dict[str, dict[str, Any]], path: Path, reference: str
         ax.set_xlabel("env steps (millions)")
         ax.set_ylabel("total reward per trial")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
