@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -14,19 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "omniglot"
 
 
-def _script(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
 @pytest.mark.slow
-def test_sinusoid_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sinusoid_benchmark_quick_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, benchmark_script: Callable[[str], ModuleType]) -> None:
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "s.json"
-    bench = _script("fewshot_sinusoid")
+    bench = benchmark_script("fewshot_sinusoid")
     assert bench.main(["--quick", "--out", str(out), "--no-progress", "--shots", "5"]) == 0
     d = json.loads(out.read_text())
     assert set(d["entries"]) == {"maml-5shot", "metasgd-5shot", "lstm-opt-5shot", "lstm-opt-ravi-5shot"}
@@ -43,10 +35,11 @@ def test_sinusoid_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "images_background_small1.zip").exists(), reason=f"no Omniglot data at {DATA}")
-def test_omniglot_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_omniglot_benchmark_quick_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, benchmark_script: Callable[[str], ModuleType]) -> None:
     monkeypatch.setenv("METARL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "o.json"
-    bench = _script("fewshot_omniglot")
+    bench = benchmark_script("fewshot_omniglot")
     assert bench.main(["--quick", "--out", str(out), "--no-progress"]) == 0
     d = json.loads(out.read_text())
     assert set(d["entries"]) == set(bench.SETTINGS)

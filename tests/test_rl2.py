@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -22,15 +22,6 @@ from metarl.recurrent import AdaptedMemoryPolicy, unroll_by_steps
 from metarl.rollout import TaskEnvs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _benchmark(name: str) -> ModuleType:
-    """A script of ``benchmarks/`` imported as a module (the folder is on ``sys.path`` only while importing)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_gru_unroll_equals_steps() -> None:
@@ -249,7 +240,8 @@ def test_trpo_curvature_through_the_gru_matches_finite_differences() -> None:
     torch.testing.assert_close(hv, fd, rtol=1e-5, atol=1e-7)
 
 
-def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: Path) -> None:
+def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(
+        tmp_path: Path, benchmark_script: Callable[[str], ModuleType]) -> None:
     """task_informed_value: the value head reads each trial's task parameters, stored with the batch; the update
     recomputes the rollout's values from them (whole trials and BPTT chunks); the policy ignores them; an
     adapted policy acting without the task gets NaN values; the CLI option and the checkpoint work."""
@@ -303,7 +295,7 @@ def test_a_task_informed_value_reads_the_task_and_the_policy_does_not(tmp_path: 
     rows = json.loads(out.read_text())["entries"]["run"]["squared_error_per_step"]
     assert len(rows) == 7 and all(np.isfinite(r["mean"]) and r["n"] == 16 for r in rows.values()), rows
     assert "| critic" in proc.stdout
-    fit_and_score = _benchmark("rl2_critic_fit").fit_and_score
+    fit_and_score = benchmark_script("rl2_critic_fit").fit_and_score
     x = torch.randn(5, 8, 3)
     err = fit_and_score(x, x @ torch.tensor([1.0, -2.0, 0.5]) + 3.0, slice(0, 6), slice(6, 8), hidden=0, steps=1)
     assert err.shape == (5, 2) and float(err.max()) < 1e-8
@@ -483,9 +475,9 @@ def test_tabular_ppo_starts_from_a_saved_clone(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--init" in proc.stderr and "missing.pt: no such file" in proc.stderr
 
 
-def test_benchmark_labels_tell_the_memory_agents_apart() -> None:
+def test_benchmark_labels_tell_the_memory_agents_apart(benchmark_script: Callable[[str], ModuleType]) -> None:
     """The README's agent names: a MANN label gives the memory's shape, addressing and a non-default controller."""
-    agent_label = _benchmark("rl2_bandits").agent_label
+    agent_label = benchmark_script("rl2_bandits").agent_label
     assert agent_label({"agent": "rl2", "config": {"value_core": "separate"}}) == "RL2 (separate value core)"
     assert agent_label({"agent": "mann", "config": {"controller": "lstm"}}) == "MANN (16 x 16 memory, 1 read head)"
     assert agent_label({"agent": "mann", "config": {"controller": "gru", "addressing": "lrua", "memory_slots": 128,
@@ -493,10 +485,11 @@ def test_benchmark_labels_tell_the_memory_agents_apart() -> None:
         "MANN (LRUA, GRU controller, 128 x 16 memory, 4 read heads, PPO from clone.pt)"
 
 
-def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(
+        tmp_path: Path, benchmark_script: Callable[[str], ModuleType]) -> None:
     """``--run-dir`` keeps a benchmark's training run; resuming it (here after 2 of 4 iterations) gives the
     uninterrupted run's training curve and weights, and the entry's curve and wall time cover both segments."""
-    script = _benchmark("rl2_bandits")
+    script = benchmark_script("rl2_bandits")
     resume_fields, train_memory_learner = script.resume_fields, script.train_memory_learner
 
     config = {"meta_batch_size": 4, "hidden_size": 8, "episodes_per_trial": 1}
@@ -567,7 +560,8 @@ def test_clone_then_fine_tune_then_compare_under_the_objective(tmp_path: Path) -
     assert "| gittins |" in proc.stdout
 
 
-def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> None:
+def test_a_benchmark_run_can_start_from_saved_model_weights(
+        tmp_path: Path, benchmark_script: Callable[[str], ModuleType]) -> None:
     """``rl2_bandits.py --init FILE`` starts PPO from the weights a cloning run saved or a kept run's checkpoint:
     they are loaded as they are (the value core too), and a file whose model has another shape is refused with the
     names that differ."""
@@ -575,7 +569,7 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
     from metarl.checkpoint import save_checkpoint
     from metarl.cli import build_learner
 
-    script = _benchmark("rl2_bandits")
+    script = benchmark_script("rl2_bandits")
     load_init_weights, train_memory_learner = script.load_init_weights, script.train_memory_learner
 
     env, env_kwargs = "metarl/Bandit-v0", {"n_arms": 3, "n_pulls": 5}
@@ -602,15 +596,17 @@ def test_a_benchmark_run_can_start_from_saved_model_weights(tmp_path: Path) -> N
         load_init_weights(target, tmp_path / "other.pt")
 
 
-def test_benchmark_resume_without_a_run_dir_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    bandits_main = _benchmark("rl2_bandits").main
+def test_benchmark_resume_without_a_run_dir_is_refused(
+        capsys: pytest.CaptureFixture[str], benchmark_script: Callable[[str], ModuleType]) -> None:
+    bandits_main = benchmark_script("rl2_bandits").main
 
     with pytest.raises(SystemExit):
         bandits_main(["--quick", "--resume"])
     assert "--resume continues a kept run: give its folder with --run-dir DIR" in capsys.readouterr().err
 
 
-def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() -> None:
+def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far(
+        benchmark_script: Callable[[str], ModuleType]) -> None:
     """The imitation benchmark's expert, reading only RL²'s inputs, takes at every step an action of largest
     posterior-mean reward in the current state, the posterior recomputed from the trial's recorded steps."""
 
@@ -618,7 +614,7 @@ def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() 
     from metarl.tabular import Posterior, TabularPrior
     from metarl.trials import collect_trials
 
-    MyopicExpert = _benchmark("rl2_tabular_imitation").MyopicExpert
+    MyopicExpert = benchmark_script("rl2_tabular_imitation").MyopicExpert
 
     envs = TaskEnvs("metarl/TabularMDP-v0", {"n_states": 4, "n_actions": 3, "horizon": 5})
     tasks = TabularMDPEnv(n_states=4, n_actions=3).sample_tasks(6, np.random.default_rng(0))
@@ -636,7 +632,8 @@ def test_myopic_expert_acts_on_the_posterior_mean_rewards_of_the_trial_so_far() 
         posterior.update(states[t], batch.actions[t].numpy(), batch.rewards[t].double().numpy(), no_transitions)
 
 
-def test_gittins_expert_pulls_an_arm_of_largest_gittins_index_given_the_trial_so_far() -> None:
+def test_gittins_expert_pulls_an_arm_of_largest_gittins_index_given_the_trial_so_far(
+        benchmark_script: Callable[[str], ModuleType]) -> None:
     """The bandit imitation benchmark's expert, reading only RL²'s inputs, pulls at every step an arm whose
     Gittins index (the table metarl.bandits.Gittins plays) is the largest, the successes and failures counted
     from the trial's recorded pulls; ties are broken at random."""
@@ -645,7 +642,7 @@ def test_gittins_expert_pulls_an_arm_of_largest_gittins_index_given_the_trial_so
     from metarl.envs.bandit import BanditEnv
     from metarl.trials import collect_trials
 
-    GittinsExpert = _benchmark("rl2_bandit_imitation").GittinsExpert
+    GittinsExpert = benchmark_script("rl2_bandit_imitation").GittinsExpert
 
     n, k, b = 12, 3, 40
     envs = TaskEnvs("metarl/Bandit-v0", {"n_arms": k, "n_pulls": n})
