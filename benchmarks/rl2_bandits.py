@@ -46,7 +46,7 @@ from metarl.envs.bandit import BanditEnv
 from metarl.logging import CONFIG_NAME, read_progress
 from metarl.provenance import write_results
 from metarl.stats import mean_ci95
-from metarl.training import TrainConfig, train
+from metarl.training import TrainConfig, read_segments, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl2_bandits.json"
 PAPER = {(10, 5): {"rl2": 6.7, "gittins": 6.6}, (100, 5): {"rl2": 78.7, "gittins": 78.3},
@@ -56,13 +56,15 @@ PAPER_STEPS = "TRPO, 250k env steps per iteration (RL² appendix); the paper doe
 
 class TrainedRun(NamedTuple):
     """What :func:`train_memory_learner` returns: the learner, its ``TaskEnvs``, the per-iteration metrics, the
-    training wall time and the iteration a resumed run continued from (``None``: trained in one go)."""
+    training wall time, the iteration a resumed run continued from (``None``: trained in one go) and a resumed
+    run's launches (its ``segments.jsonl``: the commit that trained each segment)."""
 
     learner: Any
     envs: Any
     curve: list[dict[str, float]]
     wall: float
     resumed_from: int | None
+    segments: tuple[dict[str, Any], ...] = ()
 
 
 def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_config: dict[str, Any],
@@ -112,7 +114,8 @@ def train_memory_learner(algo: str, env: str, env_kwargs: dict[str, Any], algo_c
     if not earlier:
         return TrainedRun(learner, envs, curve, wall, None)
     wall += sum(row.get("time/iteration_s", 0.0) for row in earlier)
-    return TrainedRun(learner, envs, earlier + curve, wall, int(earlier[-1]["iteration"]))
+    return TrainedRun(learner, envs, earlier + curve, wall, int(earlier[-1]["iteration"]),
+                      tuple(read_segments(run_dir)))
 
 
 def load_init_weights(learner: Any, path: Path) -> None:
@@ -407,9 +410,13 @@ def resume_fields(run: TrainedRun) -> dict[str, Any]:
     """Entry fields that say a run was resumed (none for a run trained in one go)."""
     if run.resumed_from is None:
         return {}
-    return {"resumed_from_iteration": run.resumed_from,
-            "resumed_note": "trained in segments; the wall time counts the earlier segments' iterations but not "
-                            "their periodic checks"}
+    fields: dict[str, Any] = {
+        "resumed_from_iteration": run.resumed_from,
+        "resumed_note": "trained in segments; the wall time counts the earlier segments' iterations but not "
+                        "their periodic checks"}
+    if run.segments:  # runs started before segments.jsonl existed have none
+        fields["segments"] = list(run.segments)
+    return fields
 
 
 def tiny(agent: str, meta_batch_size: int) -> dict[str, Any]:

@@ -19,7 +19,10 @@ learners (``AdaptationResult.stage_returns``) and the metric a supervised result
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
+import os
 import signal
 import sys
 import time
@@ -39,6 +42,9 @@ from metarl.config import config_to_dict, option, require_at_least
 from metarl.logging import CONFIG_NAME, Logger
 
 CHECKPOINT = "checkpoint.pt"
+# One JSON line per launch of a run (the first and each --resume): the iteration it started from, the
+# commit of the code that trained it, when and on what. A run trained over several sessions names each.
+SEGMENTS = "segments.jsonl"
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ def train(learner: Any, envs: TaskSource, run_dir: str | Path, config: TrainConf
     logger = Logger(run, resume_step=start if resume else None)
     if start == 0:
         logger.log_hparams({**run_info, "train": config_to_dict(config)})
+    _record_segment(run, start, config)
     eval_tasks = held_out_tasks(envs, config.eval_tasks, config.seed)
     meta_batch = int(learner.config.meta_batch_size)
     stop = _StopFlag()
@@ -209,6 +216,38 @@ def train(learner: Any, envs: TaskSource, run_dir: str | Path, config: TrainConf
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
     return metrics
+
+
+def _record_segment(run: Path, start: int, config: TrainConfig) -> None:
+    """Append this launch to the run's ``segments.jsonl`` (flushed to disk before training starts)."""
+    from metarl.provenance import STARTUP_COMMIT
+
+    line = {"from_iteration": start, "to_iteration": config.iterations, "commit": STARTUP_COMMIT,
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "device": config.device}
+    # One write call in append mode: a kill leaves the line whole or absent, never half of it.
+    fd = os.open(run / SEGMENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_segments(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The launches of a run, oldest first (empty for a run made before ``segments.jsonl`` was written). A run
+    killed and resumed from an earlier checkpoint lists each launch, so ``from_iteration`` may repeat."""
+    path = Path(run_dir) / SEGMENTS
+    if not path.exists():
+        return []
+    segments = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            segments.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: not a JSON object ({err}); each line records one launch "
+                             "of the run, delete the broken line to read the others") from err
+    return segments
 
 
 def _main_thread() -> bool:

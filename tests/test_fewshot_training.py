@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.training import TrainConfig, adaptation_metrics, held_out_tasks, train
+from metarl.provenance import STARTUP_COMMIT
+from metarl.training import SEGMENTS, TrainConfig, adaptation_metrics, held_out_tasks, read_segments, train
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,14 @@ def test_resume_of_a_supervised_run_equals_the_uninterrupted_run(tmp_path: Path)
     assert torch.equal(a, b)
     assert [r["train/loss"] for r in _rows(full / "progress.csv")] == [r["train/loss"] for r in
                                                                       _rows(part / "progress.csv")]
+    # Each launch is one line of segments.jsonl: the resumed run names both, with the code that trained them.
+    assert [(s["from_iteration"], s["to_iteration"]) for s in read_segments(part)] == [(0, 2), (2, 4)]
+    assert [(s["from_iteration"], s["to_iteration"]) for s in read_segments(full)] == [(0, 4)]
+    assert {s["commit"] for s in read_segments(part)} == {STARTUP_COMMIT}
+    assert read_segments(tmp_path) == []  # a folder without the file: a run from before it existed
+
+
+def test_a_broken_segments_line_names_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / SEGMENTS).write_text('{"from_iteration": 0}\n{"from_iter')
+    with pytest.raises(ValueError, match=r"segments\.jsonl, line 2: not a JSON object"):
+        read_segments(tmp_path)

@@ -501,6 +501,7 @@ def test_a_kept_benchmark_run_resumes_to_the_uninterrupted_run(
     resumed = train_memory_learner("rl2", env, env_kwargs, config, 4, 0, **kwargs, run_dir=tmp_path / "part",
                                    resume=True)
     assert resumed.resumed_from == 2 and resume_fields(resumed)["resumed_from_iteration"] == 2
+    assert [s["from_iteration"] for s in resume_fields(resumed)["segments"]] == [0, 2]
     assert [r["iteration"] for r in resumed.curve] == [1, 2, 3, 4]
     for a, b in zip(resumed.curve, whole.curve, strict=True):
         assert a["rollout/return_mean"] == b["rollout/return_mean"]
