@@ -31,7 +31,7 @@ from metarl.config import (
     suggest,
 )
 from metarl.fewshot import cmd_fewshot
-from metarl.training import CHECKPOINT, TrainConfig, check_device, train
+from metarl.training import CHECKPOINT, TrainConfig, check_device, read_segments, train
 
 
 def _algorithms() -> dict[str, tuple[type, type]]:
@@ -227,7 +227,8 @@ def evaluate_run(run: str | Path, n_tasks: int, budget: int, episodes: int, spli
     curves = evaluate_adaptation(learners, tasks, budget, episodes, seed)
     setup = {"run": str(run), "env": info["env"], "env_kwargs": info["env_kwargs"], "algo": info["algo"],
              "iteration": info["iteration"], "split": split, "tasks": n_tasks, "budget": budget,
-             "episodes_per_step": episodes, "seed": seed, "wall_time_s": time.perf_counter() - t0}
+             "episodes_per_step": episodes, "seed": seed, "wall_time_s": time.perf_counter() - t0,
+             "training_segments": read_segments(run)}
     json_path, png_path, table = write_report(curves, out or run, setup,
                                               title=f"{info['algo']} on {info['env']} ({n_tasks} {split} tasks)")
     print(f"Adaptation on {n_tasks} held-out ({split}) tasks of {info['env']}: mean return ± 95% CI over tasks, "

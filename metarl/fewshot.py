@@ -50,7 +50,7 @@ from metarl.config import (
 from metarl.provenance import write_results  # imported with the command: records the commit of the code that runs
 from metarl.stats import MeanCI, mean_ci95
 from metarl.supervised import Problem, has_batch_statistics
-from metarl.training import CHECKPOINT, TrainConfig, check_device, train
+from metarl.training import CHECKPOINT, TrainConfig, check_device, read_segments, train
 
 DATASETS = ("omniglot", "sinusoid")
 EVALUATION = "fewshot_evaluation"
@@ -470,7 +470,8 @@ def cmd_fewshot(argv: Sequence[str]) -> int:
     budget = learner_budget(learner, test.test_budget)
     t1 = time.perf_counter()
     protocol = {**data_protocol(data, counts), "train_iterations": train_cfg.iterations,
-                "meta_batch_size": algo_cfg.get("meta_batch_size"), "learner_config": algo_cfg}
+                "meta_batch_size": algo_cfg.get("meta_batch_size"), "learner_config": algo_cfg,
+                "training_segments": read_segments(out)}
     evaluation = evaluate_fewshot(learner, source, name, test.test_episodes, budget, test.test_seed,
                                   protocol=protocol)
     json_path, png_path = write_evaluation(evaluation, out, time.perf_counter() - t1)

@@ -81,6 +81,7 @@ def test_regression_learners_on_sinusoid(learner: str, tmp_path: Path, capsys: p
     assert f"{learner} test mse:" in capsys.readouterr().out
     report = json.loads((run / "fewshot_evaluation.json").read_text())
     assert report["metric"] == "mse" and report["protocol"]["batch_norm"] == "none (no BatchNorm)"
+    assert [seg["to_iteration"] for seg in report["protocol"]["training_segments"]] == [2]
     assert "meta/post_adapt_mse" in _rows(run / "progress.csv")[-1]
 
 

@@ -41,6 +41,7 @@ def test_train_then_evaluate_through_scripts(tmp_path: Path) -> None:
     report = json.loads((run / "evaluation.json").read_text())
     assert set(report["curves"]) >= {"pretrained", "random"}
     assert len(report["curves"]["pretrained"]["mean"]) == 2
+    assert [seg["from_iteration"] for seg in report["setup"]["training_segments"]] == [0]
     assert (run / "evaluation.png").stat().st_size > 1000
 
 
