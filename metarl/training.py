@@ -40,6 +40,7 @@ from tqdm import tqdm
 from metarl.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from metarl.config import config_to_dict, option, require_at_least
 from metarl.logging import CONFIG_NAME, Logger
+from metarl.provenance import STARTUP_COMMIT  # the commit of the code Python loaded, captured at import
 
 CHECKPOINT = "checkpoint.pt"
 # One JSON line per launch of a run (the first and each --resume): the iteration it started from, the
@@ -220,8 +221,6 @@ def train(learner: Any, envs: TaskSource, run_dir: str | Path, config: TrainConf
 
 def _record_segment(run: Path, start: int, config: TrainConfig) -> None:
     """Append this launch to the run's ``segments.jsonl`` (flushed to disk before training starts)."""
-    from metarl.provenance import STARTUP_COMMIT
-
     line = {"from_iteration": start, "to_iteration": config.iterations, "commit": STARTUP_COMMIT,
             "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "device": config.device}
